@@ -1,0 +1,159 @@
+"""Input checks, run in Python before any compiled code: the kernels trust what they are given."""
+import numbers
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype):
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype.name!r}")
+    return dtype
+
+
+def check_layer_sizes(layer_sizes):
+    try:
+        sizes = list(layer_sizes)
+    except TypeError:
+        raise TypeError(f"layer_sizes must be a sequence of integers, got {layer_sizes!r}") from None
+    if len(sizes) < 2:
+        raise ValueError(
+            f"layer_sizes must hold at least the input and output sizes, got {sizes!r}")
+    for size in sizes:
+        if isinstance(size, (bool, np.bool_)) or not isinstance(size, numbers.Integral):
+            raise TypeError(f"layer_sizes must be integers, got {size!r} in {sizes!r}")
+        if size < 1:
+            raise ValueError(f"every layer size must be >= 1, got {int(size)} in {sizes!r}")
+    if sizes[-1] < 2:
+        raise ValueError(f"the output layer needs at least 2 classes, got {int(sizes[-1])}")
+    return tuple(int(s) for s in sizes)
+
+
+def check_positive_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def check_learning_rate(lr):
+    if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"lr must be a real number, got {lr!r}")
+    lr = float(lr)
+    if not np.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0, got {lr}")
+    return lr
+
+
+def check_threads(threads):
+    if threads is None:
+        return None
+    return check_positive_int(threads, "threads")
+
+
+def _as_real_array(a, name):
+    """np.asarray(a), rejecting what is not real numbers."""
+    arr = np.asarray(a)
+    if arr.dtype == object:
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must hold numbers; it has dtype object with non-numeric "
+                            f"entries") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def _check_finite(arr, name):
+    if not np.isfinite(arr).all():
+        what = "NaN" if np.isnan(arr).any() else "infinity or a value too large for " + arr.dtype.name
+        raise ValueError(f"{name} contains {what}")
+
+
+def check_X(X, n_features, dtype):
+    """X as a C-contiguous array of `dtype` with shape (n, n_features); copies only if needed."""
+    arr = _as_real_array(X, "X")
+    if arr.ndim != 2:
+        hint = " (for a single sample use X.reshape(1, -1))" if arr.ndim == 1 else ""
+        raise ValueError(f"X must be a 2-D array of shape (n_samples, n_features), "
+                         f"got {arr.ndim}-D with shape {arr.shape}{hint}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"X is empty: it has 0 samples (shape {arr.shape})")
+    if arr.shape[1] != n_features:
+        raise ValueError(
+            f"X has {arr.shape[1]} features, but the network expects {n_features}")
+    with np.errstate(over="ignore"):  # a value too large for dtype becomes inf, reported just below
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+    _check_finite(arr, "X")
+    return arr
+
+
+def check_targets(y, n_samples, n_classes, dtype):
+    """Return (labels, targets): integer labels as intp, or target rows as `dtype`; the other is None."""
+    arr = np.asarray(y)
+    if arr.dtype.kind not in "biuf" and arr.dtype != object:
+        raise TypeError(f"y must hold integer class labels or rows of target probabilities, "
+                        f"got dtype {arr.dtype}")
+    if arr.ndim not in (1, 2):
+        raise ValueError(f"y must be 1-D labels of shape (n,) or 2-D targets of shape (n, "
+                         f"{n_classes}), got shape {arr.shape}")
+    if arr.shape[0] != n_samples:
+        raise ValueError(f"X and y have different numbers of samples: X has {n_samples}, "
+                         f"y has {arr.shape[0]}")
+    arr = _as_real_array(arr, "y")
+    if arr.ndim == 1:
+        if arr.dtype.kind == "b":
+            raise TypeError("y must hold integer class labels, got dtype bool")
+        if arr.dtype.kind == "f":
+            _check_finite(arr, "y")
+            if not np.array_equal(arr, np.round(arr)):
+                bad = arr[arr != np.round(arr)][0]
+                raise ValueError(f"y must hold integer class labels, got the non-integer value {bad}")
+        low, high = arr.min(), arr.max()
+        if low < 0 or high >= n_classes:
+            bad = low if low < 0 else high
+            raise ValueError(f"y contains the label {bad:g}, but the network has {n_classes} "
+                             f"classes: labels must be in [0, {n_classes})")
+        return np.ascontiguousarray(arr, dtype=np.intp), None
+    if arr.shape[1] != n_classes:
+        raise ValueError(f"y has target rows of width {arr.shape[1]}, but the network has "
+                         f"{n_classes} outputs")
+    with np.errstate(over="ignore"):
+        targets = np.ascontiguousarray(arr, dtype=dtype)
+    _check_finite(targets, "y")
+    if (targets < 0).any():
+        raise ValueError("y contains negative target probabilities")
+    sums = targets.sum(axis=1, dtype=np.float64)
+    worst = int(np.argmax(np.abs(sums - 1)))
+    if abs(sums[worst] - 1) > 1e-4:
+        raise ValueError(f"every target row of y must sum to 1 (a probability distribution); "
+                         f"row {worst} sums to {sums[worst]:g}")
+    return None, targets
+
+
+def check_weights(weights, layer_sizes, dtype):
+    """A list of arrays of `dtype` with the bias-augmented shapes of `layer_sizes`."""
+    if isinstance(weights, np.ndarray) or not hasattr(weights, "__len__"):
+        raise TypeError("weights must be a list of arrays, one per layer")
+    expected = [(n_in + 1, n_out) for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:])]
+    if len(weights) != len(expected):
+        raise ValueError(f"expected {len(expected)} weight arrays for layer sizes "
+                         f"{list(layer_sizes)}, got {len(weights)}")
+    checked = []
+    for i, (W, shape) in enumerate(zip(weights, expected)):
+        arr = _as_real_array(W, f"weights[{i}]")
+        if arr.shape != shape:
+            raise ValueError(f"weights[{i}] has shape {arr.shape}, but layer {i} needs "
+                             f"{shape} (n_in + 1, n_out): the last row is the bias")
+        with np.errstate(over="ignore"):
+            arr = arr.astype(dtype, copy=False)
+        _check_finite(arr, f"weights[{i}]")
+        checked.append(arr)
+    return checked

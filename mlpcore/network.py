@@ -1,0 +1,341 @@
+"""The Network class: a thin Python layer that validates input and hands it to the compiled core."""
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _core
+from . import _validation as check
+
+INITS = ("he", "glorot", "normal")
+# Rows per block for predict_proba and loss: large enough for BLAS to run at full speed, small enough that
+# the workspace stays a few MiB whatever the size of X.
+_CHUNK_ROWS = 2048
+# How long one compiled call of fit may run before Python gets control back (progress, Ctrl-C).
+_SECONDS_PER_CALL = 0.2
+# Inputs larger than this are probably unscaled (raw pixels are 0..255): fit warns.
+_LARGE_INPUT = 50.0
+
+_threadpool_controller = None
+
+
+def _blas_threads(threads):
+    """A context manager limiting BLAS to `threads` threads for its duration (all usable cores if None)."""
+    global _threadpool_controller
+    if _threadpool_controller is None:
+        from threadpoolctl import ThreadpoolController  # inspecting the loaded libraries costs ~ms: once
+        _threadpool_controller = ThreadpoolController()
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return _threadpool_controller.limit(limits=threads, user_api="blas")
+
+
+@dataclass
+class History:
+    """What fit recorded, one entry per finished epoch.
+
+    ``loss`` is the mean training loss over the epoch's batches (weighted by batch size), measured as the
+    batches were trained. ``val_loss`` and ``val_accuracy`` are filled when fit gets ``validation_data``.
+    """
+    epoch: list = field(default_factory=list)
+    loss: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    val_accuracy: list = field(default_factory=list)
+
+    def as_dict(self):
+        return {name: list(values) for name, values in vars(self).items()}
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite during training; the weights were restored."""
+
+
+class Network:
+    """A multilayer perceptron: dense ReLU hidden layers and a softmax output, trained on cross-entropy.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        Sizes of every layer, input and output included: ``[784, 300, 300, 10]`` is the student's
+        network, ``[784, 10]`` softmax regression.
+    dtype : {"float32", "float64"}
+        The dtype of the weights and of every computation.
+    init : {"he", "glorot", "normal"}
+        "he": N(0, 2 / n_in) weights (suited to ReLU), zero biases. "glorot": U(+-sqrt(6 / (n_in + n_out)))
+        weights, zero biases. "normal": every entry, biases included, from N(0, 0.01^2), as the student did.
+    seed : int or None
+        Seed for the initial weights; the same seed gives the same weights.
+
+    Attributes
+    ----------
+    weights : list of ndarray
+        One C-contiguous array per layer of shape ``(n_in + 1, n_out)``, the last row being the bias. The
+        arrays are views of the network's parameters; assign a list to replace them all.
+    """
+
+    def __init__(self, layer_sizes, *, dtype="float32", init="he", seed=None):
+        self.layer_sizes = check.check_layer_sizes(layer_sizes)
+        self.dtype = check.check_dtype(dtype)
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self._sizes = np.array(self.layer_sizes, dtype=np.intp)
+        self._shapes = [(n_in + 1, n_out)
+                        for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:])]
+        self._params = np.empty(sum(r * c for r, c in self._shapes), dtype=self.dtype)
+        self.weights = _initial_weights(self._shapes, init, np.random.default_rng(seed))
+
+    # ---------------------------------------------------------------------------------------------
+    # Weights
+
+    @property
+    def weights(self):
+        return _split(self._params, self._shapes)
+
+    @weights.setter
+    def weights(self, new_weights):
+        checked = check.check_weights(new_weights, self.layer_sizes, self.dtype)
+        # Every array is checked before any is copied: a rejected list leaves the network as it was.
+        for view, W in zip(self.weights, checked):
+            view[...] = W
+
+    @property
+    def n_features_in(self):
+        return self.layer_sizes[0]
+
+    @property
+    def n_classes(self):
+        return self.layer_sizes[-1]
+
+    @property
+    def n_params(self):
+        return self._params.size
+
+    def __repr__(self):
+        return f"Network({list(self.layer_sizes)}, dtype={self.dtype.name!r})"
+
+    # ---------------------------------------------------------------------------------------------
+    # Inference
+
+    def predict_proba(self, X, *, threads=None):
+        """Class probabilities, shape (n_samples, n_classes)."""
+        X = check.check_X(X, self.n_features_in, self.dtype)
+        threads = check.check_threads(threads)
+        chunk = min(X.shape[0], _CHUNK_ROWS)
+        out = np.empty((X.shape[0], self.n_classes), dtype=self.dtype)
+        work = np.empty(_core.workspace_size(self._sizes, chunk), dtype=self.dtype)
+        with _blas_threads(threads):
+            _core.predict_proba(self._params, self._sizes, X, out, work, chunk)
+        return out
+
+    def predict(self, X, *, threads=None):
+        """Predicted class labels, shape (n_samples,)."""
+        return self.predict_proba(X, threads=threads).argmax(axis=1)
+
+    def score(self, X, y, *, threads=None):
+        """Accuracy of predict(X) against the labels y."""
+        X = check.check_X(X, self.n_features_in, self.dtype)
+        labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype)
+        if labels is None:
+            labels = targets.argmax(axis=1)
+        return float((self.predict(X, threads=threads) == labels).mean())
+
+    def loss(self, X, y, *, threads=None):
+        """Mean cross-entropy of the network on (X, y)."""
+        X, labels, targets = self._check_data(X, y)
+        threads = check.check_threads(threads)
+        chunk = min(X.shape[0], _CHUNK_ROWS)
+        work = np.empty(_core.workspace_size(self._sizes, chunk), dtype=self.dtype)
+        with _blas_threads(threads):
+            return _core.mean_loss(self._params, self._sizes, X, *self._target_args(labels, targets),
+                                   work, chunk)
+
+    # ---------------------------------------------------------------------------------------------
+    # Training
+
+    def loss_and_gradients(self, X, y):
+        """Mean cross-entropy on (X, y) and its gradient for every weight array (same shapes)."""
+        X, labels, targets = self._check_data(X, y)
+        grads = np.empty_like(self._params)
+        total, done = self._train_rows(X, labels, targets, grads, lr=0.0)
+        if done == 0:
+            raise TrainingDiverged(
+                "the loss is not finite for these weights and inputs: the logits overflow "
+                f"{self.dtype.name}; the weights are too large or the inputs unscaled")
+        return total / X.shape[0], _split(grads, self._shapes)
+
+    def train_step(self, X, y, lr):
+        """One step of gradient descent on the batch (X, y), in place. Returns the loss before the step."""
+        X, labels, targets = self._check_data(X, y)
+        lr = check.check_learning_rate(lr)
+        before = self._params.copy()
+        total, done = self._train_rows(X, labels, targets, np.empty_like(self._params), lr)
+        if done == 0 or not np.isfinite(self._params).all():
+            self._params[...] = before
+            raise TrainingDiverged(
+                f"the step produced a non-finite loss or weights (lr={lr:g}); the weights were "
+                "left as they were. Lower lr, or scale the inputs")
+        return total / X.shape[0]
+
+    def _train_rows(self, X, labels, targets, grads, lr):
+        """The whole of X as one batch: gradients into grads, and an update unless lr == 0."""
+        n = X.shape[0]
+        work = np.empty(_core.workspace_size(self._sizes, n), dtype=self.dtype)
+        return _core.train_batches(
+            self._params, grads, self._sizes, X, *self._target_args(labels, targets),
+            _NO_ORDER, n, 0, 1, lr, work, np.empty(1, dtype=np.intp))
+
+    def fit(self, X, y, *, epochs, batch_size=600, lr=0.1, shuffle=True, seed=None, threads=None,
+            validation_data=None, on_epoch_end=None, on_progress=None):
+        """Train with minibatch stochastic gradient descent.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_features)
+        y : integer labels of shape (n_samples,) or target rows of shape (n_samples, n_classes)
+        epochs : int
+            Passes over the data.
+        batch_size : int
+            Rows per batch; a last partial batch is trained, not dropped.
+        lr : float
+            Learning rate of plain SGD: ``W -= lr * dW``.
+        shuffle : bool
+            Visit the rows in a new random order each epoch (X and y with the same permutation).
+        seed : int or None
+            Seed of the shuffling: epoch e uses the e-th ``permutation(n)`` of ``default_rng(seed)``.
+        threads : int or None
+            BLAS threads for this call (restored afterwards); None means every core this process may use.
+        validation_data : (X_val, y_val) or None
+            Evaluated after each epoch into ``History.val_loss`` and ``History.val_accuracy``.
+        on_epoch_end : callable(history) or None
+            Called after each epoch with the History so far.
+        on_progress : callable(epoch, batches_done, n_batches) or None
+            Called a few times per second at most, from between batches.
+
+        Returns
+        -------
+        History
+
+        Raises
+        ------
+        TrainingDiverged (a ValueError)
+            If the loss becomes NaN or infinite; the weights are restored to the end of the last epoch
+            that finished. On KeyboardInterrupt the weights are restored the same way.
+        """
+        X, labels, targets = self._check_data(X, y)
+        epochs = check.check_positive_int(epochs, "epochs")
+        batch_size = check.check_positive_int(batch_size, "batch_size")
+        lr = check.check_learning_rate(lr)
+        threads = check.check_threads(threads)
+        if validation_data is not None:
+            X_val, y_val = validation_data
+            X_val, val_labels, val_targets = self._check_data(X_val, y_val)
+            if val_labels is None:
+                val_labels = val_targets.argmax(axis=1)
+        largest = float(np.abs(X).max())
+        if largest > _LARGE_INPUT:
+            warnings.warn(f"X has values as large as {largest:g}: unscaled inputs make training "
+                          "slow or unstable. Scale them (X / 255 for pixels) or standardise them.",
+                          stacklevel=2)
+
+        n = X.shape[0]
+        batch_size = min(batch_size, n)
+        n_batches = -(-n // batch_size)
+        rng = np.random.default_rng(seed)
+        # Everything the batches need is allocated here, once, and reused by every batch.
+        grads = np.empty_like(self._params)
+        work = np.empty(_core.workspace_size(self._sizes, batch_size), dtype=self.dtype)
+        label_work = np.empty(batch_size, dtype=np.intp)
+        last_good = self._params.copy()
+        label_args = self._target_args(labels, targets)
+        history = History()
+
+        with _blas_threads(threads):
+            try:
+                for epoch in range(1, epochs + 1):
+                    started = time.perf_counter()
+                    order = rng.permutation(n).astype(np.intp) if shuffle else _NO_ORDER
+                    total, batch, per_call = 0.0, 0, 1
+                    while batch < n_batches:
+                        stop = min(n_batches, batch + per_call)
+                        call_started = time.perf_counter()
+                        loss_sum, done = _core.train_batches(
+                            self._params, grads, self._sizes, X, *label_args, order, batch_size,
+                            batch, stop, lr, work, label_work)
+                        total += loss_sum
+                        batch += done
+                        if batch < stop:
+                            raise TrainingDiverged(
+                                f"training diverged: the loss became NaN or infinite at epoch {epoch}, "
+                                f"batch {batch + 1} of {n_batches} (lr={lr:g}). Lower lr, or scale "
+                                "the inputs")
+                        if on_progress is not None:
+                            on_progress(epoch, batch, n_batches)
+                        per_call = _next_call_size(per_call, time.perf_counter() - call_started)
+                    if not np.isfinite(self._params).all():
+                        raise TrainingDiverged(
+                            f"training diverged: the weights became NaN or infinite in epoch {epoch} "
+                            f"(lr={lr:g}). Lower lr, or scale the inputs")
+                    np.copyto(last_good, self._params)
+                    history.epoch.append(epoch)
+                    history.loss.append(total / n)
+                    history.seconds.append(time.perf_counter() - started)
+                    if validation_data is not None:
+                        history.val_loss.append(self.loss(X_val, y_val))
+                        history.val_accuracy.append(
+                            float((self.predict(X_val) == val_labels).mean()))
+                    if on_epoch_end is not None:
+                        on_epoch_end(history)
+            except (TrainingDiverged, KeyboardInterrupt):
+                np.copyto(self._params, last_good)
+                raise
+        return history
+
+    # ---------------------------------------------------------------------------------------------
+
+    def _check_data(self, X, y):
+        X = check.check_X(X, self.n_features_in, self.dtype)
+        labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype)
+        return X, labels, targets
+
+    def _target_args(self, labels, targets):
+        """The (labels, targets) pair the core takes: the unused one is empty."""
+        if labels is not None:
+            return labels, np.empty((0, self.n_classes), dtype=self.dtype)
+        return _NO_ORDER, targets
+
+
+_NO_ORDER = np.empty(0, dtype=np.intp)
+
+
+def _next_call_size(per_call, seconds):
+    """Batches for the next compiled call, aiming at _SECONDS_PER_CALL (growing at most 4x a call)."""
+    if seconds <= 0:
+        return per_call * 4
+    return max(1, min(per_call * 4, int(per_call * _SECONDS_PER_CALL / seconds)))
+
+
+def _split(flat, shapes):
+    arrays, offset = [], 0
+    for rows, cols in shapes:
+        arrays.append(flat[offset:offset + rows * cols].reshape(rows, cols))
+        offset += rows * cols
+    return arrays
+
+
+def _initial_weights(shapes, init, rng):
+    weights = []
+    for n_in_plus_bias, n_out in shapes:
+        n_in = n_in_plus_bias - 1
+        W = np.zeros((n_in_plus_bias, n_out))
+        if init == "he":
+            W[:-1] = rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_in, n_out))
+        elif init == "glorot":
+            limit = np.sqrt(6.0 / (n_in + n_out))
+            W[:-1] = rng.uniform(-limit, limit, size=(n_in, n_out))
+        else:
+            W[:] = rng.normal(0.0, 0.01, size=W.shape)
+        weights.append(W)
+    return weights

@@ -1,0 +1,113 @@
+"""The executable specification of mlpcore, in plain NumPy.
+
+This is the student's program written correctly, as plainly as possible, so that it can be checked against
+a textbook in minutes. The compiled core must compute exactly this; the tests hold it to that.
+
+The network: weights ``W[0], ..., W[L-1]``, each bias-augmented with shape ``(n_in + 1, n_out)``, the last
+row being the bias. Each layer's input gets a column of ones appended, so ``a @ W`` includes the bias.
+Hidden layers use ReLU, the output layer softmax, the loss is the mean cross-entropy.
+
+Targets ``y`` are integer labels of shape ``(n,)`` or target distributions of shape ``(n, K)`` (e.g. one-hot).
+Everything is computed in the dtype of the weights.
+"""
+import numpy as np
+
+
+def add_ones_column(a):
+    """Append a column of ones to a: the bias input of the next layer."""
+    return np.hstack([a, np.ones((a.shape[0], 1), dtype=a.dtype)])
+
+
+def relu(z):
+    return np.maximum(z, 0)
+
+
+def relu_derivative(z):
+    # 0 at z == 0 (and below): the student's version used z >= 0.
+    return (z > 0).astype(z.dtype)
+
+
+def softmax(z):
+    # Subtracting the row max changes nothing mathematically and keeps exp from overflowing.
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def log_softmax(z):
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def targets_matrix(y, n_classes, dtype):
+    """The (n, K) target matrix T: one-hot rows for integer labels, y itself for distributions."""
+    y = np.asarray(y)
+    if y.ndim == 2:
+        return y.astype(dtype)
+    T = np.zeros((y.shape[0], n_classes), dtype=dtype)
+    T[np.arange(y.shape[0]), y] = 1
+    return T
+
+
+def forward_all(weights, X):
+    """Forward pass keeping what backward needs.
+
+    Returns (inputs, pre_activations): inputs[i] is the ones-augmented input of layer i; pre_activations[i]
+    is its output before the activation (the last one: the logits).
+    """
+    a = X.astype(weights[0].dtype)
+    inputs, pre_activations = [], []
+    for i, W in enumerate(weights):
+        a = add_ones_column(a)
+        z = a @ W
+        inputs.append(a)
+        pre_activations.append(z)
+        a = relu(z) if i < len(weights) - 1 else z
+    return inputs, pre_activations
+
+
+def forward(weights, X):
+    """Class probabilities, shape (n, K)."""
+    _, pre_activations = forward_all(weights, X)
+    return softmax(pre_activations[-1])
+
+
+def cross_entropy(logits, T):
+    """Mean over the rows of -sum_k T[k] log softmax(logits)[k]."""
+    return float(-(T * log_softmax(logits)).sum() / logits.shape[0])
+
+
+def loss(weights, X, y):
+    _, pre_activations = forward_all(weights, X)
+    logits = pre_activations[-1]
+    return cross_entropy(logits, targets_matrix(y, logits.shape[1], logits.dtype))
+
+
+def loss_and_gradients(weights, X, y):
+    """Mean cross-entropy and its gradient with respect to every weight matrix."""
+    inputs, pre_activations = forward_all(weights, X)
+    logits = pre_activations[-1]
+    n = logits.shape[0]
+    T = targets_matrix(y, logits.shape[1], logits.dtype)
+
+    # For softmax followed by cross-entropy, the error at the logits is simply P - T (no extra
+    # "softmax derivative" factor); divided by n because the loss is a mean.
+    delta = (softmax(logits) - T) / n
+    grads = [None] * len(weights)
+    for i in range(len(weights) - 1, -1, -1):
+        grads[i] = inputs[i].T @ delta
+        if i > 0:
+            # Back through W without its bias row (the ones column has no input to pass error to),
+            # then through the ReLU of the layer below.
+            delta = (delta @ weights[i][:-1].T) * relu_derivative(pre_activations[i - 1])
+    return cross_entropy(logits, T), grads
+
+
+def train_step(weights, X, y, lr):
+    """One step of plain gradient descent on (X, y), updating the arrays of `weights` in place.
+
+    Returns the loss before the step.
+    """
+    value, grads = loss_and_gradients(weights, X, y)
+    for W, g in zip(weights, grads):
+        W -= lr * g
+    return value

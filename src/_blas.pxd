@@ -1,0 +1,47 @@
+# The one BLAS shim of mlpcore: row-major, fused float/double wrappers over scipy.linalg.cython_blas.
+#
+# Fortran BLAS is column-major. A C-ordered (row-major) m x n matrix is, read column-major, its n x m
+# transpose, so C = op(A) . op(B) is computed as C^T = op(B)^T . op(A)^T: swap the operands, swap m and
+# n, and pass row lengths as leading dimensions. No kernel spells out Fortran argument order itself.
+#
+# cython_blas takes every argument by pointer and is not const-qualified: const is cast away here only.
+
+from cython cimport floating
+from scipy.linalg.cython_blas cimport sgemm, dgemm, saxpy, daxpy
+
+
+cdef enum Transpose:
+    NO_TRANS = 0
+    TRANS = 1
+
+
+cdef inline void gemm(Transpose trans_a, Transpose trans_b, int m, int n, int k,
+                      floating alpha, const floating* a, const floating* b,
+                      floating beta, floating* c) noexcept nogil:
+    """C(m x n) = alpha * op(A) . op(B) + beta * C, all row-major and packed (leading dim = row length).
+
+    op(A) is m x k: A is stored m x k, or k x m when transposed; likewise op(B) is k x n.
+    """
+    cdef char ta = b'T' if trans_a == TRANS else b'N'
+    cdef char tb = b'T' if trans_b == TRANS else b'N'
+    # Row length of each stored matrix; BLAS wants every leading dimension >= 1.
+    cdef int lda = max(1, m if trans_a == TRANS else k)
+    cdef int ldb = max(1, k if trans_b == TRANS else n)
+    cdef int ldc = max(1, n)
+    if m <= 0 or n <= 0:
+        return
+    if floating is float:
+        sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+
+
+cdef inline void axpy(int n, floating alpha, const floating* x, floating* y) noexcept nogil:
+    """y += alpha * x over n contiguous elements."""
+    cdef int one = 1
+    if n <= 0:
+        return
+    if floating is float:
+        saxpy(&n, &alpha, <float*>x, &one, y, &one)
+    else:
+        daxpy(&n, &alpha, <double*>x, &one, y, &one)

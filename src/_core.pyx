@@ -1,0 +1,378 @@
+# The compiled core of mlpcore: forward and backward passes of bias-augmented dense ReLU layers, the fused
+# softmax-cross-entropy head, the update rule, and whole training epochs, for float32 and float64.
+#
+# Data layout (everything row-major, C-contiguous):
+# - params: every weight matrix, concatenated. Layer l is W_l of shape (sizes[l] + 1, sizes[l + 1]); its
+#   last row is the bias, so W_l[:-1] is a contiguous prefix and no column of ones is ever built.
+# - grads: the same layout as params.
+# - work: one buffer holding, for a batch of up to `batch` rows, each layer's output (hidden outputs after
+#   ReLU, which is all backward needs: relu(z) > 0 exactly when z > 0), the hidden layers' deltas, the
+#   gathered input rows and the gathered target rows. Sized by workspace_size(); allocated once per call
+#   from Python (once per fit) and reused by every batch.
+#
+# Python (mlpcore.network) validates every argument; nothing here checks shapes or values again.
+
+from cython cimport floating
+from libc.math cimport exp, expf, log, logf, isfinite
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+
+from _blas cimport gemm, axpy, NO_TRANS, TRANS
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Elementwise pieces
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating _log(floating x) noexcept nogil:
+    if floating is float:
+        return logf(x)
+    else:
+        return log(x)
+
+
+cdef inline Py_ssize_t _n_weights(const Py_ssize_t* sizes, Py_ssize_t n_layers) noexcept nogil:
+    cdef Py_ssize_t l, total = 0
+    for l in range(n_layers):
+        total += (sizes[l] + 1) * sizes[l + 1]
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layers
+
+cdef void dense_forward(const floating* x, Py_ssize_t m, Py_ssize_t k, const floating* w, Py_ssize_t n,
+                        floating* z, bint relu) noexcept nogil:
+    """z(m x n) = x(m x k) . w[:k] + w[k], then ReLU in place if asked."""
+    cdef const floating* bias = w + k * n
+    cdef Py_ssize_t i
+    # The bias row is copied into every output row and the product accumulated on top (beta = 1).
+    for i in range(m):
+        memcpy(z + i * n, bias, n * sizeof(floating))
+    gemm(NO_TRANS, NO_TRANS, <int>m, <int>n, <int>k, <floating>1, x, w, <floating>1, z)
+    if relu:
+        for i in range(m * n):
+            if z[i] < 0:
+                z[i] = 0
+
+
+cdef void dense_backward(const floating* x, Py_ssize_t m, Py_ssize_t k, const floating* w, Py_ssize_t n,
+                         const floating* dz, floating* dw, floating* dx) noexcept nogil:
+    """From dz (m x n), the error at this layer's output before activation, compute
+    dw[:k] = x^T . dz, dw[k] = column sums of dz, and, unless dx is NULL, dx = (dz . w[:k]^T) * (x > 0).
+
+    x is the layer's input, which for a hidden layer is the previous layer's ReLU output: x > 0 is exactly
+    the ReLU derivative at the previous pre-activation (0 at z <= 0).
+    """
+    cdef floating* db = dw + k * n
+    cdef const floating* row
+    cdef Py_ssize_t i, j
+    gemm(TRANS, NO_TRANS, <int>k, <int>n, <int>m, <floating>1, x, dz, <floating>0, dw)
+    memset(db, 0, n * sizeof(floating))
+    for i in range(m):
+        row = dz + i * n
+        for j in range(n):
+            db[j] += row[j]
+    if dx != NULL:
+        gemm(NO_TRANS, TRANS, <int>m, <int>k, <int>n, <floating>1, dz, w, <floating>0, dx)
+        for i in range(m * k):
+            if x[i] <= 0:
+                dx[i] = 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Softmax-cross-entropy head
+
+cdef double softmax_cross_entropy(floating* z, Py_ssize_t m, Py_ssize_t n_classes,
+                                  const Py_ssize_t* labels, const floating* targets,
+                                  floating grad_scale) noexcept nogil:
+    """One pass per row over the logits z (m x K): returns the summed cross-entropy of the rows and
+    overwrites z with grad_scale * (P - T), the gradient at the logits (P = softmax(z)).
+
+    The targets are integer labels when `labels` is not NULL, else the rows of `targets` (m x K).
+    Loss of a row: sum_j t_j * (logsumexp(z) - z_j), computed as (sum t) * log(s) - sum_j t_j (z_j - max)
+    with s = sum_j exp(z_j - max): subtracting the row max keeps every exp <= 1.
+    """
+    cdef double total = 0
+    cdef floating zmax, s, inv_s, weighted_shift, target_sum
+    cdef floating* row
+    cdef const floating* t
+    cdef Py_ssize_t i, j, y
+    for i in range(m):
+        row = z + i * n_classes
+        zmax = row[0]
+        for j in range(1, n_classes):
+            if row[j] > zmax:
+                zmax = row[j]
+        if labels != NULL:
+            y = labels[i]
+            weighted_shift = row[y] - zmax
+            target_sum = 1
+        else:
+            t = targets + i * n_classes
+            weighted_shift = 0
+            target_sum = 0
+            for j in range(n_classes):
+                weighted_shift += t[j] * (row[j] - zmax)
+                target_sum += t[j]
+        s = 0
+        for j in range(n_classes):
+            row[j] = _exp(row[j] - zmax)
+            s += row[j]
+        total += target_sum * _log(s) - weighted_shift
+        inv_s = 1 / s
+        if labels != NULL:
+            for j in range(n_classes):
+                row[j] = row[j] * inv_s * grad_scale
+            row[y] -= grad_scale
+        else:
+            for j in range(n_classes):
+                row[j] = (row[j] * inv_s - t[j]) * grad_scale
+    return total
+
+
+cdef void softmax_rows(floating* z, Py_ssize_t m, Py_ssize_t n_classes) noexcept nogil:
+    """Replace each row of the logits z (m x K) with its softmax, in place."""
+    cdef floating zmax, s, inv_s
+    cdef floating* row
+    cdef Py_ssize_t i, j
+    for i in range(m):
+        row = z + i * n_classes
+        zmax = row[0]
+        for j in range(1, n_classes):
+            if row[j] > zmax:
+                zmax = row[j]
+        s = 0
+        for j in range(n_classes):
+            row[j] = _exp(row[j] - zmax)
+            s += row[j]
+        inv_s = 1 / s
+        for j in range(n_classes):
+            row[j] *= inv_s
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Whole network
+
+cdef struct Layout:
+    # Pointers into the workspace; arrays of n_layers + 1 entries. outputs[0] is the input batch,
+    # outputs[l] the output of layer l (ReLU applied for hidden layers; logits, then the logit gradient,
+    # for the last). deltas[l] is the error at layer l's pre-activation; deltas[n_layers] is outputs[n_layers].
+    void** outputs
+    void** deltas
+    void* input_rows      # batch x sizes[0], for gathered rows
+    void* target_rows     # batch x n_classes, for gathered target distributions
+
+
+cdef Py_ssize_t _workspace_size(const Py_ssize_t* sizes, Py_ssize_t n_layers, Py_ssize_t batch) noexcept nogil:
+    cdef Py_ssize_t l, per_row = sizes[0] + sizes[n_layers]
+    for l in range(1, n_layers + 1):
+        per_row += sizes[l]
+    for l in range(1, n_layers):
+        per_row += sizes[l]
+    return per_row * batch
+
+
+cdef int _layout(Layout* lay, floating* work, const Py_ssize_t* sizes, Py_ssize_t n_layers,
+                 Py_ssize_t batch) noexcept nogil:
+    """Carve the workspace into per-layer buffers. Returns -1 if the pointer arrays cannot be allocated."""
+    cdef Py_ssize_t l
+    lay.outputs = <void**>malloc((n_layers + 1) * sizeof(void*))
+    lay.deltas = <void**>malloc((n_layers + 1) * sizeof(void*))
+    if lay.outputs == NULL or lay.deltas == NULL:
+        _free_layout(lay)
+        return -1
+    lay.outputs[0] = NULL
+    lay.deltas[0] = NULL
+    for l in range(1, n_layers + 1):
+        lay.outputs[l] = work
+        work += batch * sizes[l]
+    for l in range(1, n_layers):
+        lay.deltas[l] = work
+        work += batch * sizes[l]
+    lay.deltas[n_layers] = lay.outputs[n_layers]
+    lay.input_rows = work
+    work += batch * sizes[0]
+    lay.target_rows = work
+    return 0
+
+
+cdef void _free_layout(Layout* lay) noexcept nogil:
+    free(lay.outputs)
+    free(lay.deltas)
+    lay.outputs = NULL
+    lay.deltas = NULL
+
+
+cdef void network_forward(const floating* params, const Py_ssize_t* sizes, Py_ssize_t n_layers,
+                          Py_ssize_t m, Layout* lay) noexcept nogil:
+    """Fill lay.outputs[1..n_layers] from lay.outputs[0] (m rows); the last holds the logits."""
+    cdef const floating* w = params
+    cdef Py_ssize_t l
+    for l in range(n_layers):
+        dense_forward(<floating*>lay.outputs[l], m, sizes[l], w, sizes[l + 1],
+                      <floating*>lay.outputs[l + 1], l < n_layers - 1)
+        w += (sizes[l] + 1) * sizes[l + 1]
+
+
+cdef void network_backward(const floating* params, floating* grads, const Py_ssize_t* sizes,
+                           Py_ssize_t n_layers, Py_ssize_t m, Layout* lay) noexcept nogil:
+    """From the logit gradient in lay.deltas[n_layers], write every layer's gradient into grads."""
+    cdef Py_ssize_t offset = _n_weights(sizes, n_layers)
+    cdef Py_ssize_t l
+    for l in range(n_layers - 1, -1, -1):
+        offset -= (sizes[l] + 1) * sizes[l + 1]
+        # The first layer's input is the data: no error is propagated into it.
+        dense_backward(<floating*>lay.outputs[l], m, sizes[l], params + offset, sizes[l + 1],
+                       <floating*>lay.deltas[l + 1], grads + offset,
+                       <floating*>lay.deltas[l] if l > 0 else NULL)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Update rules: chosen once per fit; the training loop calls apply_update and knows no rule itself.
+
+cdef enum RuleKind:
+    RULE_SGD = 0
+
+
+cdef struct UpdateRule:
+    RuleKind kind
+    double lr
+
+
+cdef void apply_update(const UpdateRule* rule, floating* params, const floating* grads,
+                       Py_ssize_t n) noexcept nogil:
+    if rule.kind == RULE_SGD:
+        axpy(<int>n, <floating>(-rule.lr), grads, params)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Python entry points. Arguments are validated by mlpcore.network; memoryviews in, pointers inside.
+
+def workspace_size(const Py_ssize_t[::1] sizes, Py_ssize_t batch):
+    """Number of elements of the workspace for batches of up to `batch` rows."""
+    return _workspace_size(&sizes[0], sizes.shape[0] - 1, batch)
+
+
+def predict_proba(const floating[::1] params, const Py_ssize_t[::1] sizes, const floating[:, ::1] X,
+                  floating[:, ::1] out, floating[::1] work, Py_ssize_t chunk):
+    """out = softmax(network(X)), `chunk` rows at a time, the GIL released."""
+    cdef Py_ssize_t n_layers = sizes.shape[0] - 1
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], n_classes = sizes[n_layers]
+    cdef Py_ssize_t c, start, m
+    cdef Layout lay
+    if _layout(&lay, &work[0], &sizes[0], n_layers, chunk) != 0:
+        raise MemoryError()
+    with nogil:
+        for c in range((n + chunk - 1) // chunk):
+            start = c * chunk
+            m = min(chunk, n - start)
+            lay.outputs[0] = <void*>&X[start, 0]
+            # The last layer writes its logits straight into the output rows.
+            lay.outputs[n_layers] = <void*>&out[start, 0]
+            network_forward(&params[0], &sizes[0], n_layers, m, &lay)
+            softmax_rows(&out[start, 0], m, n_classes)
+    _free_layout(&lay)
+
+
+def mean_loss(const floating[::1] params, const Py_ssize_t[::1] sizes, const floating[:, ::1] X,
+              const Py_ssize_t[::1] labels, const floating[:, ::1] targets, floating[::1] work,
+              Py_ssize_t chunk):
+    """Mean cross-entropy over X, `chunk` rows at a time. Targets are `labels` if it is not empty."""
+    cdef Py_ssize_t n_layers = sizes.shape[0] - 1
+    cdef Py_ssize_t n = X.shape[0], n_classes = sizes[n_layers]
+    cdef Py_ssize_t c, start, m
+    cdef double total = 0
+    cdef bint use_labels = labels.shape[0] > 0
+    cdef Layout lay
+    if _layout(&lay, &work[0], &sizes[0], n_layers, chunk) != 0:
+        raise MemoryError()
+    with nogil:
+        for c in range((n + chunk - 1) // chunk):
+            start = c * chunk
+            m = min(chunk, n - start)
+            lay.outputs[0] = <void*>&X[start, 0]
+            network_forward(&params[0], &sizes[0], n_layers, m, &lay)
+            total += softmax_cross_entropy(
+                <floating*>lay.outputs[n_layers], m, n_classes,
+                &labels[start] if use_labels else NULL,
+                NULL if use_labels else &targets[start, 0], <floating>0)
+    _free_layout(&lay)
+    return total / n
+
+
+def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::1] sizes,
+                  const floating[:, ::1] X, const Py_ssize_t[::1] labels,
+                  const floating[:, ::1] targets, const Py_ssize_t[::1] order,
+                  Py_ssize_t batch_size, Py_ssize_t first_batch, Py_ssize_t stop_batch,
+                  double lr, floating[::1] work, Py_ssize_t[::1] label_work):
+    """Train batches first_batch..stop_batch-1 of one pass over X, in place, the GIL released.
+
+    Batch b holds the rows order[b * batch_size : (b + 1) * batch_size] (the last one may be shorter);
+    an empty `order` means the rows in their own order, used in place without a copy. Targets are
+    `labels` if it is not empty, else the rows of `targets`. `lr` <= 0 computes gradients without
+    updating the weights.
+
+    Returns (the sum over the trained rows of their loss, number of batches trained). Training stops before the
+    update of a batch whose loss is not finite, so that batch is not counted.
+    """
+    cdef Py_ssize_t n_layers = sizes.shape[0] - 1
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], n_classes = sizes[n_layers]
+    cdef Py_ssize_t n_params = params.shape[0]
+    cdef bint use_labels = labels.shape[0] > 0
+    cdef bint gather = order.shape[0] > 0
+    cdef Py_ssize_t b, i, start, m, row
+    cdef double total = 0, batch_loss
+    cdef Py_ssize_t done = 0
+    cdef floating* input_rows
+    cdef floating* target_rows
+    cdef const Py_ssize_t* batch_labels
+    cdef const floating* batch_targets
+    cdef UpdateRule rule
+    cdef Layout lay
+    rule.kind = RULE_SGD
+    rule.lr = lr
+    if _layout(&lay, &work[0], &sizes[0], n_layers, batch_size) != 0:
+        raise MemoryError()
+    input_rows = <floating*>lay.input_rows
+    target_rows = <floating*>lay.target_rows
+    with nogil:
+        for b in range(first_batch, stop_batch):
+            start = b * batch_size
+            m = min(batch_size, n - start)
+            if gather:
+                for i in range(m):
+                    row = order[start + i]
+                    memcpy(input_rows + i * d, &X[row, 0], d * sizeof(floating))
+                    if use_labels:
+                        label_work[i] = labels[row]
+                    else:
+                        memcpy(target_rows + i * n_classes, &targets[row, 0],
+                               n_classes * sizeof(floating))
+                lay.outputs[0] = input_rows
+                batch_labels = &label_work[0]
+                batch_targets = target_rows
+            else:
+                lay.outputs[0] = <void*>&X[start, 0]
+                batch_labels = &labels[start] if use_labels else NULL
+                batch_targets = NULL if use_labels else &targets[start, 0]
+            network_forward(&params[0], &sizes[0], n_layers, m, &lay)
+            batch_loss = softmax_cross_entropy(
+                <floating*>lay.outputs[n_layers], m, n_classes,
+                batch_labels if use_labels else NULL,
+                NULL if use_labels else batch_targets, <floating>(1.0 / m))
+            if not isfinite(batch_loss):
+                break
+            network_backward(&params[0], &grads[0], &sizes[0], n_layers, m, &lay)
+            if lr > 0:
+                apply_update(&rule, &params[0], &grads[0], n_params)
+            total += batch_loss
+            done += 1
+    _free_layout(&lay)
+    return total, done

@@ -1,0 +1,61 @@
+"""Shared helpers: random problems, and one interface over the reference and the compiled core."""
+import numpy as np
+import pytest
+
+import mlpcore
+from mlpcore import reference
+
+DTYPES = [np.float32, np.float64]
+# Relative error bounds, compiled vs reference: max |a - b| / max |b| per array.
+RTOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+
+
+def relative_error(actual, expected):
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    scale = np.abs(expected).max()
+    return float(np.abs(actual - expected).max() / (scale if scale > 0 else 1.0))
+
+
+def make_problem(sizes, n, dtype, targets="labels", seed=0):
+    """Random X (n, sizes[0]) and targets: integer labels or rows of a distribution (soft, not one-hot)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, sizes[0])).astype(dtype)
+    K = sizes[-1]
+    if targets == "labels":
+        y = rng.integers(0, K, size=n)
+    elif targets == "onehot":
+        y = np.eye(K, dtype=dtype)[rng.integers(0, K, size=n)]
+    else:
+        logits = rng.normal(size=(n, K))
+        y = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(dtype)
+    return X, y
+
+
+class ReferenceModel:
+    """The reference functions behind the same few methods as Network, for tests that run on both."""
+
+    def __init__(self, net):
+        self.weights = [W.copy() for W in net.weights]
+
+    def loss_and_gradients(self, X, y):
+        return reference.loss_and_gradients(self.weights, X, y)
+
+    def train_step(self, X, y, lr):
+        return reference.train_step(self.weights, X, y, lr)
+
+    def predict(self, X):
+        return reference.forward(self.weights, X).argmax(axis=1)
+
+
+@pytest.fixture(params=DTYPES, ids=["float32", "float64"])
+def dtype(request):
+    return np.dtype(request.param)
+
+
+@pytest.fixture(params=["reference", "compiled"])
+def model_factory(request):
+    """Build a model (Network, or the reference over the same initial weights) for every behaviour test."""
+    def build(sizes, dtype, **kwargs):
+        net = mlpcore.Network(sizes, dtype=dtype, **kwargs)
+        return ReferenceModel(net) if request.param == "reference" else net
+    return build
