@@ -1,15 +1,22 @@
 """The Network class: a thin Python layer that validates input and hands it to the compiled core."""
+import json
 import os
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import _core
 from . import _validation as check
+from ._files import atomic_write
+from ._version import __version__
 
 INITS = ("he", "glorot", "normal")
+# What a saved model file holds; `format` tells an mlpcore model from any other .npz.
+_FILE_FORMAT = "mlpcore-network"
+_FILE_VERSION = 1
 # Rows per block for predict_proba and loss: large enough for BLAS to run at full speed, small enough that
 # the workspace stays a few MiB whatever the size of X.
 _CHUNK_ROWS = 2048
@@ -74,6 +81,8 @@ class Network:
     weights : list of ndarray
         One C-contiguous array per layer of shape ``(n_in + 1, n_out)``, the last row being the bias. The
         arrays are views of the network's parameters; assign a list to replace them all.
+    metadata : dict
+        Free-form JSON-serialisable information saved with the model (training settings, metrics).
     """
 
     def __init__(self, layer_sizes, *, dtype="float32", init="he", seed=None):
@@ -86,6 +95,7 @@ class Network:
                         for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:])]
         self._params = np.empty(sum(r * c for r, c in self._shapes), dtype=self.dtype)
         self.weights = _initial_weights(self._shapes, init, np.random.default_rng(seed))
+        self.metadata = {}
 
     # ---------------------------------------------------------------------------------------------
     # Weights
@@ -294,6 +304,26 @@ class Network:
         return history
 
     # ---------------------------------------------------------------------------------------------
+    # Files
+
+    def save(self, path):
+        """Write the network to `path` as a .npz file (no pickle), atomically.
+
+        The file holds the layer sizes, the dtype, the weights and ``metadata`` (with the mlpcore
+        version added); ``mlpcore.load(path)`` gives back bit-identical weights.
+        """
+        metadata = dict(self.metadata, mlpcore_version=__version__)
+        try:
+            metadata_json = json.dumps(metadata)
+        except TypeError as exc:
+            raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
+        arrays = {f"weights_{i}": W for i, W in enumerate(self.weights)}
+        with atomic_write(path) as f:
+            np.savez(f, format=np.array(_FILE_FORMAT), format_version=np.array(_FILE_VERSION),
+                     layer_sizes=np.array(self.layer_sizes, dtype=np.int64),
+                     dtype=np.array(self.dtype.name), metadata=np.array(metadata_json), **arrays)
+
+    # ---------------------------------------------------------------------------------------------
 
     def _check_data(self, X, y):
         X = check.check_X(X, self.n_features_in, self.dtype)
@@ -339,3 +369,39 @@ def _initial_weights(shapes, init, rng):
             W[:] = rng.normal(0.0, 0.01, size=W.shape)
         weights.append(W)
     return weights
+
+
+def load(path):
+    """Read a network written by ``Network.save``.
+
+    Raises FileNotFoundError if `path` does not exist, and ValueError naming the file if it is not a
+    complete, consistent mlpcore model file.
+    """
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            contents = {key: npz[key] for key in npz.files}
+    except (FileNotFoundError, IsADirectoryError):
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not a readable mlpcore model file (truncated or not a .npz "
+                         f"file): {exc}") from None
+    if str(contents.get("format", "")) != _FILE_FORMAT:
+        raise ValueError(f"{path} is not an mlpcore model file (a .npz file without "
+                         f"format={_FILE_FORMAT!r})")
+    try:
+        if int(contents["format_version"]) > _FILE_VERSION:
+            raise ValueError(f"it was written by a newer mlpcore (file format "
+                             f"{int(contents['format_version'])}); upgrade mlpcore to read it")
+        layer_sizes = [int(s) for s in contents["layer_sizes"]]
+        n_layers = len(layer_sizes) - 1
+        net = Network(layer_sizes, dtype=str(contents["dtype"]))
+        net.weights = [contents[f"weights_{i}"] for i in range(n_layers)]
+        net.metadata = json.loads(str(contents["metadata"]))
+        extra = set(contents) - {"format", "format_version", "layer_sizes", "dtype", "metadata"} - {
+            f"weights_{i}" for i in range(n_layers)}
+        if extra:
+            raise ValueError(f"unexpected entries {sorted(extra)}")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path} is an inconsistent mlpcore model file: {exc}") from None
+    return net

@@ -1,4 +1,6 @@
 """Shared helpers: random problems, and one interface over the reference and the compiled core."""
+import struct
+
 import numpy as np
 import pytest
 
@@ -59,3 +61,15 @@ def model_factory(request):
         net = mlpcore.Network(sizes, dtype=dtype, **kwargs)
         return ReferenceModel(net) if request.param == "reference" else net
     return build
+
+
+IDX_TYPE_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D,
+                  np.float64: 0x0E}
+
+
+def idx_bytes(array):
+    """IDX encoding of `array`."""
+    array = np.asarray(array)
+    header = struct.pack(">BBBB", 0, 0, IDX_TYPE_CODES[array.dtype.type], array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()

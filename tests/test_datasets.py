@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import IDX_TYPE_CODES, idx_bytes
 from mlpcore import datasets
 from mlpcore.datasets import (
     DatasetNotFoundError,
@@ -24,15 +25,6 @@ from mlpcore.datasets import (
 NAMES = tuple(datasets.FASHION_MNIST_FILES)
 OFFICIAL_FILES = dict(datasets.FASHION_MNIST_FILES)
 REAL_URLOPEN = datasets._urlopen  # saved before the autouse fixture cuts the network
-TYPE_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
-
-
-def idx_bytes(array):
-    """IDX encoding of `array`."""
-    array = np.asarray(array)
-    header = struct.pack(">BBBB", 0, 0, TYPE_CODES[array.dtype.type], array.ndim)
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
 
 
 def write(path, data, gz=False):
@@ -101,7 +93,7 @@ def isolated(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- read_idx
 
 @pytest.mark.parametrize("gz", [False, True])
-@pytest.mark.parametrize("dtype", list(TYPE_CODES))
+@pytest.mark.parametrize("dtype", list(IDX_TYPE_CODES))
 @pytest.mark.parametrize("shape", [(0,), (7,), (3, 4), (2, 3, 4), (1, 2, 1, 3)])
 def test_read_idx_round_trip(tmp_path, gz, dtype, shape):
     array = (np.arange(np.prod(shape)) * 37 - 50).reshape(shape).astype(dtype)

@@ -1,0 +1,7 @@
+"""`python -m mlpcore`: the same as the `mlpcore` command."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""The `mlpcore` command: train the student's network on Fashion-MNIST, evaluate a saved model, show setup."""
+import argparse
+import csv
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from ._files import atomic_write
+
+HISTORY_FIELDS = ("epoch", "train_loss", "test_loss", "test_accuracy", "seconds")
+# Defaults: the student's network, with an initialisation and learning rate that make it learn.
+DEFAULT_HIDDEN = (300, 300)
+DEFAULT_LR = 0.3
+DEFAULT_EPOCHS = 20
+
+
+class UsageError(Exception):
+    """A bad argument or missing file: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _build_parser():
+    parser = _Parser(prog="mlpcore", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mlpcore {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    data_help = ("folder with the four IDX files (train-images-idx3-ubyte[.gz] ...): Fashion-MNIST or any "
+                 "data set in its format, e.g. MNIST; checked for structure, not checksums. Default: "
+                 "search the usual places (see `mlpcore info`)")
+    threads_help = "BLAS threads (default: every core this process may use)"
+
+    train = commands.add_parser("train", help="train a network on Fashion-MNIST",
+                                description="Train a network on Fashion-MNIST and save it with its history.")
+    train.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS)
+    train.add_argument("--lr", type=_positive_float, default=DEFAULT_LR, help="SGD learning rate")
+    train.add_argument("--batch-size", type=_positive_int, default=600)
+    train.add_argument("--hidden", type=_positive_int, nargs="*", default=list(DEFAULT_HIDDEN),
+                       metavar="N", help="hidden layer sizes (default: 300 300; none: softmax regression)")
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    train.add_argument("--init", choices=("he", "glorot", "normal"), default="he")
+    train.add_argument("--seed", type=int, default=0, help="seed of the initial weights and shuffling")
+    train.add_argument("--data", type=Path, help=data_help)
+    train.add_argument("--out", type=Path, help="output folder (default: a new folder under runs/)")
+    train.add_argument("--threads", type=_positive_int, help=threads_help)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a saved model on the test set",
+                                   description="Test loss, accuracy, per-class accuracy and confusion "
+                                               "matrix of a saved model.")
+    evaluate.add_argument("model", type=Path, help="a model.npz written by `mlpcore train`")
+    evaluate.add_argument("--data", type=Path, help=data_help)
+    evaluate.add_argument("--threads", type=_positive_int, help=threads_help)
+
+    commands.add_parser("info", help="version, BLAS and where the data is",
+                        description="Show the mlpcore version, the BLAS in use and where Fashion-MNIST is.")
+    return parser
+
+
+def main(argv=None):
+    try:
+        args = _build_parser().parse_args(argv)
+        return {"train": _train, "evaluate": _evaluate, "info": _info}[args.command](args)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        # Missing files, unreadable models and data: what went wrong, without a traceback.
+        print(f"mlpcore: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mlpcore: interrupted", file=sys.stderr)
+        return 130
+
+
+# -------------------------------------------------------------------------------------------------
+# Data
+
+def _load_data(data_dir, dtype):
+    from .datasets import DatasetNotFoundError, load_fashion_mnist
+
+    # A folder the user names may hold another data set in the same format (MNIST): its structure is
+    # checked, but not the Fashion-MNIST checksums. Data found in the usual places is verified.
+    explicit = data_dir is not None or bool(os.environ.get("MLPCORE_DATA"))
+    try:
+        return load_fashion_mnist(data_dir, dtype=dtype, verify=not explicit)
+    except DatasetNotFoundError as exc:
+        if not explicit:
+            raise  # the full message: every place looked in, and how to get the data
+        raise UsageError(f"mlpcore: error: {str(exc).splitlines()[0]}") from None
+
+
+# -------------------------------------------------------------------------------------------------
+# train
+
+def _new_run_dir():
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / stamp
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{stamp}-{n}")
+    return path
+
+
+def _train(args):
+    from . import Network
+
+    out = args.out if args.out is not None else _new_run_dir()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"mlpcore train: --out {out} exists and is not a folder")
+    (X_train, y_train), (X_test, y_test) = _load_data(args.data, args.dtype)
+    out.mkdir(parents=True, exist_ok=True)
+
+    sizes = [X_train.shape[1], *args.hidden, 10]
+    net = Network(sizes, dtype=args.dtype, init=args.init, seed=args.seed)
+    settings = {"layer_sizes": sizes, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                "dtype": args.dtype, "init": args.init, "seed": args.seed,
+                "data": str(args.data) if args.data else None, "n_train": len(X_train)}
+    print(f"mlpcore {__version__}: training {'-'.join(map(str, sizes))} ({args.dtype}) on "
+          f"{len(X_train)} images, batches of {args.batch_size}, lr {args.lr:g}, {args.epochs} epochs")
+
+    rows = []
+    progress = _EpochProgress()
+
+    def on_epoch_end(history):
+        progress.close()
+        row = dict(zip(HISTORY_FIELDS, (history.epoch[-1], history.loss[-1], history.val_loss[-1],
+                                        history.val_accuracy[-1], history.seconds[-1])))
+        rows.append(row)
+        print(f"epoch {row['epoch']:>{len(str(args.epochs))}}/{args.epochs}  "
+              f"train loss {row['train_loss']:.4f}  test loss {row['test_loss']:.4f}  "
+              f"test accuracy {100 * row['test_accuracy']:.2f}%  {row['seconds']:.1f} s", flush=True)
+
+    interrupted = False
+    try:
+        net.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                seed=args.seed, threads=args.threads, validation_data=(X_test, y_test),
+                on_epoch_end=on_epoch_end, on_progress=progress.update)
+    except KeyboardInterrupt:
+        progress.close()
+        interrupted = True
+        print(f"\ninterrupted: keeping the model of the last finished epoch ({len(rows)})",
+              file=sys.stderr)
+
+    net.metadata = {"settings": settings, "epochs_trained": len(rows),
+                    "final": rows[-1] if rows else None, "interrupted": interrupted}
+    net.save(out / "model.npz")
+    _write_history(out, rows)
+    plotted = _plot(out / "curves.png", rows)
+    if rows:
+        print(f"final test accuracy {100 * rows[-1]['test_accuracy']:.2f}% after {len(rows)} epochs "
+              f"({sum(r['seconds'] for r in rows):.1f} s of training)")
+    print(f"saved model.npz, history.json, history.csv{', curves.png' if plotted else ''} in {out}")
+    if not plotted:
+        print("curves.png not drawn: matplotlib is not installed (pip install 'mlpcore[plot]')")
+    return 130 if interrupted else 0
+
+
+class _EpochProgress:
+    """A tqdm bar for the batches of an epoch, shown only once the epoch has lasted a second."""
+
+    def __init__(self):
+        self._bar = None
+
+    def update(self, epoch, done, total):
+        if self._bar is None:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            # disable=None: no bar when stderr is not a terminal (logs, pipes).
+            self._bar = tqdm(total=total, desc=f"epoch {epoch}", unit="batch", delay=1.0, leave=False,
+                             disable=None)
+        self._bar.update(done - self._bar.n)
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _write_history(out, rows):
+    with atomic_write(out / "history.json", "w") as f:
+        json.dump(rows, f, indent=1)
+    with atomic_write(out / "history.csv", "w") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _plot(path, rows):
+    """Draw loss and accuracy per epoch; False if matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        return False
+    epochs = [r["epoch"] for r in rows]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_ax.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
+    loss_ax.plot(epochs, [r["test_loss"] for r in rows], "o-", label="test")
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    loss_ax.legend()
+    acc_ax.plot(epochs, [100 * r["test_accuracy"] for r in rows], "o-", color="C2")
+    acc_ax.set(xlabel="epoch", ylabel="%", title="Test accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return True
+
+
+# -------------------------------------------------------------------------------------------------
+# evaluate
+
+def _evaluate(args):
+    from . import load
+    from .datasets import FASHION_MNIST_CLASSES
+
+    net = load(args.model)
+    _, (X_test, y_test) = _load_data(args.data, net.dtype)
+    proba = net.predict_proba(X_test, threads=args.threads)
+    predicted = proba.argmax(axis=1)
+    n_classes = net.n_classes
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (y_test, predicted), 1)
+    names = FASHION_MNIST_CLASSES if n_classes == len(FASHION_MNIST_CLASSES) else range(n_classes)
+
+    print(f"{args.model}: {net!r}, {len(X_test)} test images")
+    print(f"test loss {net.loss(X_test, y_test, threads=args.threads):.4f}  "
+          f"test accuracy {100 * (predicted == y_test).mean():.2f}%")
+    print("\nper-class accuracy:")
+    for k, name in enumerate(names):
+        support = confusion[k].sum()
+        accuracy = confusion[k, k] / support if support else float("nan")
+        print(f"  {k} {str(name):<12} {100 * accuracy:6.2f}%  ({support} images)")
+    print("\nconfusion matrix (rows: true class, columns: predicted):")
+    print("     " + "".join(f"{k:>6}" for k in range(n_classes)))
+    for k in range(n_classes):
+        print(f"  {k:>2} " + "".join(f"{c:>6}" for c in confusion[k]))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------
+# info
+
+def _info(args):
+    import scipy
+    from threadpoolctl import threadpool_info
+
+    from .datasets import fashion_mnist_search_paths, find_fashion_mnist
+
+    print(f"mlpcore {__version__} (numpy {np.__version__}, scipy {scipy.__version__}, "
+          f"Python {sys.version.split()[0]})")
+    import scipy.linalg  # noqa: F401  (loads scipy's BLAS, the one the compiled core calls)
+    print("BLAS libraries loaded (mlpcore calls scipy's):")
+    for lib in threadpool_info():
+        if lib.get("user_api") == "blas":
+            print(f"  {lib['internal_api']} {lib.get('version')} ({lib.get('architecture')}), "
+                  f"{lib['num_threads']} threads: {lib['filepath']}")
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"cores this process may use: {usable}")
+    found = find_fashion_mnist()
+    print(f"Fashion-MNIST: {found if found else 'not found (mlpcore train would download it)'}")
+    print("searched, in order:")
+    for description, folder in fashion_mnist_search_paths():
+        print(f"  {description}: {folder}")
+    return 0
