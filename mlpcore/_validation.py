@@ -3,6 +3,8 @@ import numbers
 
 import numpy as np
 
+from . import _core
+
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -77,8 +79,11 @@ def _check_finite(arr, name):
         raise ValueError(f"{name} contains {what}")
 
 
-def check_X(X, n_features, dtype):
-    """X as a C-contiguous array of `dtype` with shape (n, n_features); copies only if needed."""
+def check_X(X, n_features, dtype, *, return_max_abs=False):
+    """X as a C-contiguous array of `dtype` with shape (n, n_features); copies only if needed.
+
+    With return_max_abs, returns (X, the largest |x|), found in the same pass as the finiteness check.
+    """
     arr = _as_real_array(X, "X")
     if arr.ndim != 2:
         hint = " (for a single sample use X.reshape(1, -1))" if arr.ndim == 1 else ""
@@ -91,8 +96,11 @@ def check_X(X, n_features, dtype):
             f"X has {arr.shape[1]} features, but the network expects {n_features}")
     with np.errstate(over="ignore"):  # a value too large for dtype becomes inf, reported just below
         arr = np.ascontiguousarray(arr, dtype=dtype)
-    _check_finite(arr, "X")
-    return arr
+    # One compiled pass and no temporary: X may be most of the memory the process has.
+    largest = _core.max_abs(arr)
+    if not np.isfinite(largest):
+        _check_finite(arr, "X")
+    return (arr, largest) if return_max_abs else arr
 
 
 def check_targets(y, n_samples, n_classes, dtype):

@@ -234,7 +234,8 @@ class Network:
             If the loss becomes NaN or infinite; the weights are restored to the end of the last epoch
             that finished. On KeyboardInterrupt the weights are restored the same way.
         """
-        X, labels, targets = self._check_data(X, y)
+        X, largest = check.check_X(X, self.n_features_in, self.dtype, return_max_abs=True)
+        labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype)
         epochs = check.check_positive_int(epochs, "epochs")
         batch_size = check.check_positive_int(batch_size, "batch_size")
         lr = check.check_learning_rate(lr)
@@ -244,7 +245,6 @@ class Network:
             X_val, val_labels, val_targets = self._check_data(X_val, y_val)
             if val_labels is None:
                 val_labels = val_targets.argmax(axis=1)
-        largest = float(np.abs(X).max())
         if largest > _LARGE_INPUT:
             warnings.warn(f"X has values as large as {largest:g}: unscaled inputs make training "
                           "slow or unstable. Scale them (X / 255 for pixels) or standardise them.",

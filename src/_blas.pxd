@@ -7,7 +7,7 @@
 # cython_blas takes every argument by pointer and is not const-qualified: const is cast away here only.
 
 from cython cimport floating
-from scipy.linalg.cython_blas cimport sgemm, dgemm, saxpy, daxpy
+from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 
 cdef enum Transpose:
@@ -35,13 +35,3 @@ cdef inline void gemm(Transpose trans_a, Transpose trans_b, int m, int n, int k,
     else:
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
 
-
-cdef inline void axpy(int n, floating alpha, const floating* x, floating* y) noexcept nogil:
-    """y += alpha * x over n contiguous elements."""
-    cdef int one = 1
-    if n <= 0:
-        return
-    if floating is float:
-        saxpy(&n, &alpha, <float*>x, &one, y, &one)
-    else:
-        daxpy(&n, &alpha, <double*>x, &one, y, &one)

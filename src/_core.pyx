@@ -14,10 +14,11 @@
 
 from cython cimport floating
 from libc.math cimport exp, expf, log, logf, isfinite
+from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
-from _blas cimport gemm, axpy, NO_TRANS, TRANS
+from _blas cimport gemm, NO_TRANS, TRANS
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -63,27 +64,32 @@ cdef void dense_forward(const floating* x, Py_ssize_t m, Py_ssize_t k, const flo
 
 
 cdef void dense_backward(const floating* x, Py_ssize_t m, Py_ssize_t k, const floating* w, Py_ssize_t n,
-                         const floating* dz, floating* dw, floating* dx) noexcept nogil:
-    """From dz (m x n), the error at this layer's output before activation, compute
-    dw[:k] = x^T . dz, dw[k] = column sums of dz, and, unless dx is NULL, dx = (dz . w[:k]^T) * (x > 0).
+                         const floating* dz, floating* dw, floating alpha, floating beta,
+                         floating* dx) noexcept nogil:
+    """From dz (m x n), the error at this layer's pre-activation:
+    first, unless dx is NULL, dx = (dz . w[:k]^T) * (x > 0); then
+    dw[:k] = beta * dw[:k] + alpha * x^T . dz and dw[k] = beta * dw[k] + alpha * (column sums of dz).
 
+    With alpha = 1, beta = 0, dw is the gradient. With dw == w, alpha = -lr, beta = 1, it is the SGD step
+    itself, folded into the product; dx is computed first, from the weights before the step.
     x is the layer's input, which for a hidden layer is the previous layer's ReLU output: x > 0 is exactly
     the ReLU derivative at the previous pre-activation (0 at z <= 0).
     """
     cdef floating* db = dw + k * n
     cdef const floating* row
     cdef Py_ssize_t i, j
-    gemm(TRANS, NO_TRANS, <int>k, <int>n, <int>m, <floating>1, x, dz, <floating>0, dw)
-    memset(db, 0, n * sizeof(floating))
-    for i in range(m):
-        row = dz + i * n
-        for j in range(n):
-            db[j] += row[j]
     if dx != NULL:
         gemm(NO_TRANS, TRANS, <int>m, <int>k, <int>n, <floating>1, dz, w, <floating>0, dx)
         for i in range(m * k):
             if x[i] <= 0:
                 dx[i] = 0
+    gemm(TRANS, NO_TRANS, <int>k, <int>n, <int>m, alpha, x, dz, beta, dw)
+    if beta == 0:
+        memset(db, 0, n * sizeof(floating))
+    for i in range(m):
+        row = dz + i * n
+        for j in range(n):
+            db[j] += alpha * row[j]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,24 +227,28 @@ cdef void network_forward(const floating* params, const Py_ssize_t* sizes, Py_ss
         w += (sizes[l] + 1) * sizes[l + 1]
 
 
-cdef void network_backward(const floating* params, floating* grads, const Py_ssize_t* sizes,
-                           Py_ssize_t n_layers, Py_ssize_t m, Layout* lay) noexcept nogil:
-    """From the logit gradient in lay.deltas[n_layers], write every layer's gradient into grads."""
+cdef void network_backward(const floating* params, floating* out, const Py_ssize_t* sizes,
+                           Py_ssize_t n_layers, Py_ssize_t m, Layout* lay, floating alpha,
+                           floating beta) noexcept nogil:
+    """From the logit gradient in lay.deltas[n_layers], walk the layers backwards:
+    out = beta * out + alpha * gradient, for every layer (see dense_backward)."""
     cdef Py_ssize_t offset = _n_weights(sizes, n_layers)
     cdef Py_ssize_t l
     for l in range(n_layers - 1, -1, -1):
         offset -= (sizes[l] + 1) * sizes[l + 1]
         # The first layer's input is the data: no error is propagated into it.
         dense_backward(<floating*>lay.outputs[l], m, sizes[l], params + offset, sizes[l + 1],
-                       <floating*>lay.deltas[l + 1], grads + offset,
+                       <floating*>lay.deltas[l + 1], out + offset, alpha, beta,
                        <floating*>lay.deltas[l] if l > 0 else NULL)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Update rules: chosen once per fit; the training loop calls apply_update and knows no rule itself.
+# Update rules: chosen once per fit; the training loop calls backward_and_update and knows no rule itself.
+# A rule with state (momentum, Adam) computes the gradient into `grads`, then steps from it.
 
 cdef enum RuleKind:
-    RULE_SGD = 0
+    RULE_GRADIENT_ONLY = 0   # compute the gradient into grads, leave the weights
+    RULE_SGD = 1
 
 
 cdef struct UpdateRule:
@@ -246,10 +256,15 @@ cdef struct UpdateRule:
     double lr
 
 
-cdef void apply_update(const UpdateRule* rule, floating* params, const floating* grads,
-                       Py_ssize_t n) noexcept nogil:
+cdef void backward_and_update(const UpdateRule* rule, floating* params, floating* grads,
+                              const Py_ssize_t* sizes, Py_ssize_t n_layers, Py_ssize_t m,
+                              Layout* lay) noexcept nogil:
     if rule.kind == RULE_SGD:
-        axpy(<int>n, <floating>(-rule.lr), grads, params)
+        # W = W - lr * dW straight from the products (alpha = -lr, beta = 1 into W): no pass over a
+        # gradient buffer, no separate axpy over all the weights each batch.
+        network_backward(params, params, sizes, n_layers, m, lay, <floating>(-rule.lr), <floating>1)
+    else:
+        network_backward(params, grads, sizes, n_layers, m, lay, <floating>1, <floating>0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -258,6 +273,37 @@ cdef void apply_update(const UpdateRule* rule, floating* params, const floating*
 def workspace_size(const Py_ssize_t[::1] sizes, Py_ssize_t batch):
     """Number of elements of the workspace for batches of up to `batch` rows."""
     return _workspace_size(&sizes[0], sizes.shape[0] - 1, batch)
+
+
+def max_abs(const floating[:, ::1] X):
+    """The largest |x| in X (inf if X holds an infinity), or NaN if X holds a NaN: the input checks of
+    fit in one pass, with no temporary array the size of X."""
+    # On the IEEE bit patterns with the sign cleared, the order of the unsigned integers is the order of
+    # |x|, and NaNs come above infinity: one integer max, which compilers vectorise (a float max with
+    # NaN checks they do not).
+    cdef Py_ssize_t i, size = X.shape[0] * X.shape[1]
+    cdef const uint32_t* bits32
+    cdef const uint64_t* bits64
+    cdef uint32_t largest32 = 0, v32
+    cdef uint64_t largest64 = 0, v64
+    cdef float f32
+    cdef double f64
+    if floating is float:
+        bits32 = <const uint32_t*>&X[0, 0]
+        with nogil:
+            for i in range(size):
+                v32 = bits32[i] & 0x7FFFFFFFu
+                largest32 = v32 if v32 > largest32 else largest32
+        memcpy(&f32, &largest32, sizeof(float))
+        return f32
+    else:
+        bits64 = <const uint64_t*>&X[0, 0]
+        with nogil:
+            for i in range(size):
+                v64 = bits64[i] & 0x7FFFFFFFFFFFFFFFull
+                largest64 = v64 if v64 > largest64 else largest64
+        memcpy(&f64, &largest64, sizeof(double))
+        return f64
 
 
 def predict_proba(const floating[::1] params, const Py_ssize_t[::1] sizes, const floating[:, ::1] X,
@@ -324,7 +370,6 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     """
     cdef Py_ssize_t n_layers = sizes.shape[0] - 1
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], n_classes = sizes[n_layers]
-    cdef Py_ssize_t n_params = params.shape[0]
     cdef bint use_labels = labels.shape[0] > 0
     cdef bint gather = order.shape[0] > 0
     cdef Py_ssize_t b, i, start, m, row
@@ -336,7 +381,7 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     cdef const floating* batch_targets
     cdef UpdateRule rule
     cdef Layout lay
-    rule.kind = RULE_SGD
+    rule.kind = RULE_SGD if lr > 0 else RULE_GRADIENT_ONLY
     rule.lr = lr
     if _layout(&lay, &work[0], &sizes[0], n_layers, batch_size) != 0:
         raise MemoryError()
@@ -369,9 +414,7 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
                 NULL if use_labels else batch_targets, <floating>(1.0 / m))
             if not isfinite(batch_loss):
                 break
-            network_backward(&params[0], &grads[0], &sizes[0], n_layers, m, &lay)
-            if lr > 0:
-                apply_update(&rule, &params[0], &grads[0], n_params)
+            backward_and_update(&rule, &params[0], &grads[0], &sizes[0], n_layers, m, &lay)
             total += batch_loss
             done += 1
     _free_layout(&lay)
