@@ -25,18 +25,35 @@ _SECONDS_PER_CALL = 0.2
 # Inputs larger than this are probably unscaled (raw pixels are 0..255): fit warns.
 _LARGE_INPUT = 50.0
 
-_threadpool_controller = None
+_blas_controller = None
 
 
 def _blas_threads(threads):
-    """A context manager limiting BLAS to `threads` threads for its duration (all usable cores if None)."""
-    global _threadpool_controller
-    if _threadpool_controller is None:
-        from threadpoolctl import ThreadpoolController  # inspecting the loaded libraries costs ~ms: once
-        _threadpool_controller = ThreadpoolController()
+    """A context manager limiting the BLAS that mlpcore calls to `threads` threads for its duration (every
+    core this process may use if None)."""
+    global _blas_controller
+    if _blas_controller is None:
+        _blas_controller = _find_blas_controller()  # inspecting the loaded libraries costs ~ms: once
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return _threadpool_controller.limit(limits=threads, user_api="blas")
+    return _blas_controller.limit(limits=threads, user_api="blas")
+
+
+def _find_blas_controller():
+    """A threadpoolctl controller for the BLAS behind scipy.linalg.cython_blas.
+
+    NumPy's wheels bundle a private BLAS that mlpcore never calls; setting its thread count wakes its
+    idle threads, which then compete for the cores with the BLAS mlpcore does call. So every BLAS except
+    one inside NumPy's own folders is selected (all of them, should NumPy's be the only one).
+    """
+    from threadpoolctl import ThreadpoolController
+
+    controller = ThreadpoolController()
+    numpy_dir = os.path.dirname(os.path.realpath(np.__file__))
+    numpy_dirs = (numpy_dir + os.sep, numpy_dir + ".libs" + os.sep)
+    others = [lib.filepath for lib in controller.lib_controllers
+              if lib.user_api == "blas" and not os.path.realpath(lib.filepath).startswith(numpy_dirs)]
+    return controller.select(filepath=others) if others else controller.select(user_api="blas")
 
 
 @dataclass
@@ -261,13 +278,14 @@ class Network:
         last_good = self._params.copy()
         label_args = self._target_args(labels, targets)
         history = History()
+        per_call = 1  # batches per compiled call, adapted to _SECONDS_PER_CALL from epoch to epoch
 
         with _blas_threads(threads):
             try:
                 for epoch in range(1, epochs + 1):
                     started = time.perf_counter()
                     order = rng.permutation(n).astype(np.intp) if shuffle else _NO_ORDER
-                    total, batch, per_call = 0.0, 0, 1
+                    total, batch = 0.0, 0
                     while batch < n_batches:
                         stop = min(n_batches, batch + per_call)
                         call_started = time.perf_counter()
@@ -283,7 +301,8 @@ class Network:
                                 "the inputs")
                         if on_progress is not None:
                             on_progress(epoch, batch, n_batches)
-                        per_call = _next_call_size(per_call, time.perf_counter() - call_started)
+                        per_call = _next_call_size(per_call, done,
+                                                   time.perf_counter() - call_started)
                     if not np.isfinite(self._params).all():
                         raise TrainingDiverged(
                             f"training diverged: the weights became NaN or infinite in epoch {epoch} "
@@ -340,11 +359,12 @@ class Network:
 _NO_ORDER = np.empty(0, dtype=np.intp)
 
 
-def _next_call_size(per_call, seconds):
-    """Batches for the next compiled call, aiming at _SECONDS_PER_CALL (growing at most 4x a call)."""
+def _next_call_size(per_call, done, seconds):
+    """Batches for the next compiled call, from `done` batches taking `seconds` in the last one: aiming at
+    _SECONDS_PER_CALL, growing at most 4x a call."""
     if seconds <= 0:
         return per_call * 4
-    return max(1, min(per_call * 4, int(per_call * _SECONDS_PER_CALL / seconds)))
+    return max(1, min(per_call * 4, int(done * _SECONDS_PER_CALL / seconds)))
 
 
 def _split(flat, shapes):

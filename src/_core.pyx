@@ -52,23 +52,29 @@ cdef void dense_forward(const floating* x, Py_ssize_t m, Py_ssize_t k, const flo
                         floating* z, bint relu) noexcept nogil:
     """z(m x n) = x(m x k) . w[:k] + w[k], then ReLU in place if asked."""
     cdef const floating* bias = w + k * n
-    cdef Py_ssize_t i
-    # The bias row is copied into every output row and the product accumulated on top (beta = 1).
+    cdef floating* row
+    cdef floating v
+    cdef Py_ssize_t i, j
+    gemm(NO_TRANS, NO_TRANS, <int>m, <int>n, <int>k, <floating>1, x, w, <floating>0, z)
+    # The bias and the ReLU in one pass over the product, while it is still in cache.
     for i in range(m):
-        memcpy(z + i * n, bias, n * sizeof(floating))
-    gemm(NO_TRANS, NO_TRANS, <int>m, <int>n, <int>k, <floating>1, x, w, <floating>1, z)
-    if relu:
-        for i in range(m * n):
-            if z[i] < 0:
-                z[i] = 0
+        row = z + i * n
+        if relu:
+            for j in range(n):
+                v = row[j] + bias[j]
+                row[j] = v if v > 0 else 0
+        else:
+            for j in range(n):
+                row[j] += bias[j]
 
 
 cdef void dense_backward(const floating* x, Py_ssize_t m, Py_ssize_t k, const floating* w, Py_ssize_t n,
-                         const floating* dz, floating* dw, floating alpha, floating beta,
-                         floating* dx) noexcept nogil:
-    """From dz (m x n), the error at this layer's pre-activation:
-    first, unless dx is NULL, dx = (dz . w[:k]^T) * (x > 0); then
-    dw[:k] = beta * dw[:k] + alpha * x^T . dz and dw[k] = beta * dw[k] + alpha * (column sums of dz).
+                         const floating* dz, const floating* dz_column_sums, floating* dw,
+                         floating alpha, floating beta, floating* dx,
+                         floating* dx_column_sums) noexcept nogil:
+    """From dz (m x n), the error at this layer's pre-activation, and its column sums:
+    first, unless dx is NULL, dx = (dz . w[:k]^T) * (x > 0) and its column sums; then
+    dw[:k] = beta * dw[:k] + alpha * x^T . dz and dw[k] = beta * dw[k] + alpha * dz_column_sums.
 
     With alpha = 1, beta = 0, dw is the gradient. With dw == w, alpha = -lr, beta = 1, it is the SGD step
     itself, folded into the product; dx is computed first, from the weights before the step.
@@ -76,20 +82,25 @@ cdef void dense_backward(const floating* x, Py_ssize_t m, Py_ssize_t k, const fl
     the ReLU derivative at the previous pre-activation (0 at z <= 0).
     """
     cdef floating* db = dw + k * n
-    cdef const floating* row
+    cdef const floating* x_row
+    cdef floating* dx_row
+    cdef floating v
     cdef Py_ssize_t i, j
     if dx != NULL:
         gemm(NO_TRANS, TRANS, <int>m, <int>k, <int>n, <floating>1, dz, w, <floating>0, dx)
-        for i in range(m * k):
-            if x[i] <= 0:
-                dx[i] = 0
+        # The ReLU mask and the column sums the layer below needs for its bias, in one pass.
+        memset(dx_column_sums, 0, k * sizeof(floating))
+        for i in range(m):
+            x_row = x + i * k
+            dx_row = dx + i * k
+            # Branch-free, so that the compiler vectorises it.
+            for j in range(k):
+                v = dx_row[j] if x_row[j] > 0 else 0
+                dx_row[j] = v
+                dx_column_sums[j] += v
     gemm(TRANS, NO_TRANS, <int>k, <int>n, <int>m, alpha, x, dz, beta, dw)
-    if beta == 0:
-        memset(db, 0, n * sizeof(floating))
-    for i in range(m):
-        row = dz + i * n
-        for j in range(n):
-            db[j] += alpha * row[j]
+    for j in range(n):
+        db[j] = (beta * db[j] if beta != 0 else 0) + alpha * dz_column_sums[j]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -97,9 +108,10 @@ cdef void dense_backward(const floating* x, Py_ssize_t m, Py_ssize_t k, const fl
 
 cdef double softmax_cross_entropy(floating* z, Py_ssize_t m, Py_ssize_t n_classes,
                                   const Py_ssize_t* labels, const floating* targets,
-                                  floating grad_scale) noexcept nogil:
+                                  floating grad_scale, floating* column_sums) noexcept nogil:
     """One pass per row over the logits z (m x K): returns the summed cross-entropy of the rows and
-    overwrites z with grad_scale * (P - T), the gradient at the logits (P = softmax(z)).
+    overwrites z with grad_scale * (P - T), the gradient at the logits (P = softmax(z)), whose column
+    sums go to column_sums unless it is NULL.
 
     The targets are integer labels when `labels` is not NULL, else the rows of `targets` (m x K).
     Loss of a row: sum_j t_j * (logsumexp(z) - z_j), computed as (sum t) * log(s) - sum_j t_j (z_j - max)
@@ -110,6 +122,8 @@ cdef double softmax_cross_entropy(floating* z, Py_ssize_t m, Py_ssize_t n_classe
     cdef floating* row
     cdef const floating* t
     cdef Py_ssize_t i, j, y
+    if column_sums != NULL:
+        memset(column_sums, 0, n_classes * sizeof(floating))
     for i in range(m):
         row = z + i * n_classes
         zmax = row[0]
@@ -140,6 +154,9 @@ cdef double softmax_cross_entropy(floating* z, Py_ssize_t m, Py_ssize_t n_classe
         else:
             for j in range(n_classes):
                 row[j] = (row[j] * inv_s - t[j]) * grad_scale
+        if column_sums != NULL:
+            for j in range(n_classes):
+                column_sums[j] += row[j]
     return total
 
 
@@ -169,33 +186,36 @@ cdef void softmax_rows(floating* z, Py_ssize_t m, Py_ssize_t n_classes) noexcept
 cdef struct Layout:
     # Pointers into the workspace; arrays of n_layers + 1 entries. outputs[0] is the input batch,
     # outputs[l] the output of layer l (ReLU applied for hidden layers; logits, then the logit gradient,
-    # for the last). deltas[l] is the error at layer l's pre-activation; deltas[n_layers] is outputs[n_layers].
+    # for the last). deltas[l] is the error at layer l's pre-activation (deltas[n_layers] is
+    # outputs[n_layers]) and column_sums[l] its column sums, the gradient of layer l's bias.
     void** outputs
     void** deltas
+    void** column_sums
     void* input_rows      # batch x sizes[0], for gathered rows
     void* target_rows     # batch x n_classes, for gathered target distributions
 
 
 cdef Py_ssize_t _workspace_size(const Py_ssize_t* sizes, Py_ssize_t n_layers, Py_ssize_t batch) noexcept nogil:
-    cdef Py_ssize_t l, per_row = sizes[0] + sizes[n_layers]
+    cdef Py_ssize_t l, per_row = sizes[0] + sizes[n_layers], fixed = 0
     for l in range(1, n_layers + 1):
         per_row += sizes[l]
+        fixed += sizes[l]
     for l in range(1, n_layers):
         per_row += sizes[l]
-    return per_row * batch
+    return per_row * batch + fixed
 
 
 cdef int _layout(Layout* lay, floating* work, const Py_ssize_t* sizes, Py_ssize_t n_layers,
                  Py_ssize_t batch) noexcept nogil:
     """Carve the workspace into per-layer buffers. Returns -1 if the pointer arrays cannot be allocated."""
     cdef Py_ssize_t l
-    lay.outputs = <void**>malloc((n_layers + 1) * sizeof(void*))
-    lay.deltas = <void**>malloc((n_layers + 1) * sizeof(void*))
-    if lay.outputs == NULL or lay.deltas == NULL:
-        _free_layout(lay)
+    # One allocation for the three pointer arrays.
+    lay.outputs = <void**>malloc(3 * (n_layers + 1) * sizeof(void*))
+    if lay.outputs == NULL:
         return -1
-    lay.outputs[0] = NULL
-    lay.deltas[0] = NULL
+    lay.deltas = lay.outputs + (n_layers + 1)
+    lay.column_sums = lay.deltas + (n_layers + 1)
+    lay.outputs[0] = lay.deltas[0] = lay.column_sums[0] = NULL
     for l in range(1, n_layers + 1):
         lay.outputs[l] = work
         work += batch * sizes[l]
@@ -203,6 +223,9 @@ cdef int _layout(Layout* lay, floating* work, const Py_ssize_t* sizes, Py_ssize_
         lay.deltas[l] = work
         work += batch * sizes[l]
     lay.deltas[n_layers] = lay.outputs[n_layers]
+    for l in range(1, n_layers + 1):
+        lay.column_sums[l] = work
+        work += sizes[l]
     lay.input_rows = work
     work += batch * sizes[0]
     lay.target_rows = work
@@ -211,9 +234,7 @@ cdef int _layout(Layout* lay, floating* work, const Py_ssize_t* sizes, Py_ssize_
 
 cdef void _free_layout(Layout* lay) noexcept nogil:
     free(lay.outputs)
-    free(lay.deltas)
-    lay.outputs = NULL
-    lay.deltas = NULL
+    lay.outputs = lay.deltas = lay.column_sums = NULL
 
 
 cdef void network_forward(const floating* params, const Py_ssize_t* sizes, Py_ssize_t n_layers,
@@ -230,7 +251,7 @@ cdef void network_forward(const floating* params, const Py_ssize_t* sizes, Py_ss
 cdef void network_backward(const floating* params, floating* out, const Py_ssize_t* sizes,
                            Py_ssize_t n_layers, Py_ssize_t m, Layout* lay, floating alpha,
                            floating beta) noexcept nogil:
-    """From the logit gradient in lay.deltas[n_layers], walk the layers backwards:
+    """From the logit gradient in lay.deltas[n_layers] and its column sums, walk the layers backwards:
     out = beta * out + alpha * gradient, for every layer (see dense_backward)."""
     cdef Py_ssize_t offset = _n_weights(sizes, n_layers)
     cdef Py_ssize_t l
@@ -238,8 +259,10 @@ cdef void network_backward(const floating* params, floating* out, const Py_ssize
         offset -= (sizes[l] + 1) * sizes[l + 1]
         # The first layer's input is the data: no error is propagated into it.
         dense_backward(<floating*>lay.outputs[l], m, sizes[l], params + offset, sizes[l + 1],
-                       <floating*>lay.deltas[l + 1], out + offset, alpha, beta,
-                       <floating*>lay.deltas[l] if l > 0 else NULL)
+                       <floating*>lay.deltas[l + 1], <floating*>lay.column_sums[l + 1],
+                       out + offset, alpha, beta,
+                       <floating*>lay.deltas[l] if l > 0 else NULL,
+                       <floating*>lay.column_sums[l])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -348,7 +371,7 @@ def mean_loss(const floating[::1] params, const Py_ssize_t[::1] sizes, const flo
             total += softmax_cross_entropy(
                 <floating*>lay.outputs[n_layers], m, n_classes,
                 &labels[start] if use_labels else NULL,
-                NULL if use_labels else &targets[start, 0], <floating>0)
+                NULL if use_labels else &targets[start, 0], <floating>0, NULL)
     _free_layout(&lay)
     return total / n
 
@@ -411,7 +434,8 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
             batch_loss = softmax_cross_entropy(
                 <floating*>lay.outputs[n_layers], m, n_classes,
                 batch_labels if use_labels else NULL,
-                NULL if use_labels else batch_targets, <floating>(1.0 / m))
+                NULL if use_labels else batch_targets, <floating>(1.0 / m),
+                <floating*>lay.column_sums[n_layers])
             if not isfinite(batch_loss):
                 break
             backward_and_update(&rule, &params[0], &grads[0], &sizes[0], n_layers, m, &lay)
