@@ -333,7 +333,7 @@ def predict_proba(const floating[::1] params, const Py_ssize_t[::1] sizes, const
                   floating[:, ::1] out, floating[::1] work, Py_ssize_t chunk):
     """out = softmax(network(X)), `chunk` rows at a time, the GIL released."""
     cdef Py_ssize_t n_layers = sizes.shape[0] - 1
-    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], n_classes = sizes[n_layers]
+    cdef Py_ssize_t n = X.shape[0], n_classes = sizes[n_layers]
     cdef Py_ssize_t c, start, m
     cdef Layout lay
     if _layout(&lay, &work[0], &sizes[0], n_layers, chunk) != 0:
@@ -388,8 +388,8 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     `labels` if it is not empty, else the rows of `targets`. `lr` <= 0 computes gradients without
     updating the weights.
 
-    Returns (the sum over the trained rows of their loss, number of batches trained). Training stops before the
-    update of a batch whose loss is not finite, so that batch is not counted.
+    Returns (the sum over the trained rows of their loss, number of batches trained). Training stops
+    before the update of a batch whose loss is not finite, so that batch is not counted.
     """
     cdef Py_ssize_t n_layers = sizes.shape[0] - 1
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], n_classes = sizes[n_layers]
