@@ -1,5 +1,16 @@
 """mlpcore: fast multilayer-perceptron training on the CPU, held to a plain NumPy reference."""
+from . import datasets
 from ._version import __version__
-from .network import History, Network, TrainingDiverged, load
 
-__all__ = ["Network", "History", "TrainingDiverged", "load", "__version__"]
+try:
+    from .network import History, Network, TrainingDiverged, load
+except ImportError as exc:
+    if "_core" not in str(exc):
+        raise
+    import os as _os
+    raise ImportError(
+        f"mlpcore's compiled core is not built in {_os.path.dirname(__file__)}. Python took mlpcore from "
+        "that source folder, probably because it is the current folder: run from another folder, or "
+        "build in place with `pip install -e .`") from exc
+
+__all__ = ["datasets", "Network", "History", "TrainingDiverged", "load", "__version__"]

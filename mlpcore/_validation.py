@@ -31,6 +31,8 @@ def check_layer_sizes(layer_sizes):
             raise TypeError(f"layer_sizes must be integers, got {size!r} in {sizes!r}")
         if size < 1:
             raise ValueError(f"every layer size must be >= 1, got {int(size)} in {sizes!r}")
+        if size >= 2**31:
+            raise ValueError(f"layer sizes must be < 2**31 (BLAS takes 32-bit sizes), got {int(size)}")
     if sizes[-1] < 2:
         raise ValueError(f"the output layer needs at least 2 classes, got {int(sizes[-1])}")
     return tuple(int(s) for s in sizes)
@@ -161,7 +163,8 @@ def check_weights(weights, layer_sizes, dtype):
             raise ValueError(f"weights[{i}] has shape {arr.shape}, but layer {i} needs "
                              f"{shape} (n_in + 1, n_out): the last row is the bias")
         with np.errstate(over="ignore"):
-            arr = arr.astype(dtype, copy=False)
+            # Always a copy: the new arrays may be views of the very weights they replace.
+            arr = arr.astype(dtype, copy=True)
         _check_finite(arr, f"weights[{i}]")
         checked.append(arr)
     return checked

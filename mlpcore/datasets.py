@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import current_umask
+
 __all__ = [
     "BASE_URL",
     "DEBIAN_DIR",
@@ -287,6 +289,7 @@ def _download_file(name, folder):
         problem = _official_mismatch(_read_bytes(tmp), name)
         if problem is not None:
             raise ValueError(f"{url} does not match the official Fashion-MNIST file ({problem})")
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the cache from other users
         os.replace(tmp, folder / (name + ".gz"))
     except BaseException:
         # Also on KeyboardInterrupt: no half-written file may stay behind.

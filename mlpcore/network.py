@@ -74,7 +74,7 @@ class History:
 
 
 class TrainingDiverged(ValueError):
-    """The loss became NaN or infinite during training; the weights were restored."""
+    """The loss or the weights became NaN or infinite; the weights are left as they were before."""
 
 
 class Network:
@@ -248,8 +248,9 @@ class Network:
         Raises
         ------
         TrainingDiverged (a ValueError)
-            If the loss becomes NaN or infinite; the weights are restored to the end of the last epoch
-            that finished. On KeyboardInterrupt the weights are restored the same way.
+            If the loss becomes NaN or infinite. On this, on KeyboardInterrupt and on any exception from a
+            callback, the weights are restored to the end of the last epoch that finished (trained,
+            validated and passed to on_epoch_end).
         """
         X, largest = check.check_X(X, self.n_features_in, self.dtype, return_max_abs=True)
         labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype)
@@ -258,10 +259,15 @@ class Network:
         lr = check.check_learning_rate(lr)
         threads = check.check_threads(threads)
         if validation_data is not None:
-            X_val, y_val = validation_data
-            X_val, val_labels, val_targets = self._check_data(X_val, y_val)
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (X_val, y_val)")
+            X_val, val_labels, val_targets = self._check_data(*validation_data)
+            y_val = val_labels if val_labels is not None else val_targets
             if val_labels is None:
                 val_labels = val_targets.argmax(axis=1)
+        for name, callback in (("on_epoch_end", on_epoch_end), ("on_progress", on_progress)):
+            if callback is not None and not callable(callback):
+                raise TypeError(f"{name} must be callable or None, got {callback!r}")
         if largest > _LARGE_INPUT:
             warnings.warn(f"X has values as large as {largest:g}: unscaled inputs make training "
                           "slow or unstable. Scale them (X / 255 for pixels) or standardise them.",
@@ -284,7 +290,7 @@ class Network:
             try:
                 for epoch in range(1, epochs + 1):
                     started = time.perf_counter()
-                    order = rng.permutation(n).astype(np.intp) if shuffle else _NO_ORDER
+                    order = rng.permutation(n).astype(np.intp, copy=False) if shuffle else _NO_ORDER
                     total, batch = 0.0, 0
                     while batch < n_batches:
                         stop = min(n_batches, batch + per_call)
@@ -307,17 +313,23 @@ class Network:
                         raise TrainingDiverged(
                             f"training diverged: the weights became NaN or infinite in epoch {epoch} "
                             f"(lr={lr:g}). Lower lr, or scale the inputs")
-                    np.copyto(last_good, self._params)
+                    seconds = time.perf_counter() - started
+                    if validation_data is not None:
+                        val_loss = self.loss(X_val, y_val, threads=threads)
+                        predicted = self.predict(X_val, threads=threads)
+                        val_accuracy = float((predicted == val_labels).mean())
+                        history.val_loss.append(val_loss)
+                        history.val_accuracy.append(val_accuracy)
                     history.epoch.append(epoch)
                     history.loss.append(total / n)
-                    history.seconds.append(time.perf_counter() - started)
-                    if validation_data is not None:
-                        history.val_loss.append(self.loss(X_val, y_val))
-                        history.val_accuracy.append(
-                            float((self.predict(X_val) == val_labels).mean()))
+                    history.seconds.append(seconds)
                     if on_epoch_end is not None:
                         on_epoch_end(history)
-            except (TrainingDiverged, KeyboardInterrupt):
+                    # The epoch is finished only now: what raises before this rolls back to the last one.
+                    np.copyto(last_good, self._params)
+            except BaseException:
+                # Whatever stopped the epoch (divergence, Ctrl-C, a failing callback), the weights go back
+                # to the end of the last finished epoch: never half an epoch.
                 np.copyto(self._params, last_good)
                 raise
         return history
@@ -398,11 +410,17 @@ def load(path):
     complete, consistent mlpcore model file.
     """
     path = os.fspath(path)
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        # Checked first: np.load would try it as a pickle and suggest allow_pickle=True.
+        raise ValueError(f"{path} is not a readable mlpcore model file (truncated, or not a .npz "
+                         "archive)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             contents = {key: npz[key] for key in npz.files}
-    except (FileNotFoundError, IsADirectoryError):
+    except FileNotFoundError:
         raise
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder, not an mlpcore model file") from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path} is not a readable mlpcore model file (truncated or not a .npz "
                          f"file): {exc}") from None
@@ -415,8 +433,16 @@ def load(path):
                              f"{int(contents['format_version'])}); upgrade mlpcore to read it")
         layer_sizes = [int(s) for s in contents["layer_sizes"]]
         n_layers = len(layer_sizes) - 1
-        net = Network(layer_sizes, dtype=str(contents["dtype"]))
-        net.weights = [contents[f"weights_{i}"] for i in range(n_layers)]
+        dtype = check.check_dtype(str(contents["dtype"]))
+        weights = [contents[f"weights_{i}"] for i in range(n_layers)]
+        # Checked against each other before a network of that size is built.
+        check.check_layer_sizes(layer_sizes)
+        check.check_weights(weights, layer_sizes, dtype)
+        wrong = [i for i, W in enumerate(weights) if W.dtype != dtype]
+        if wrong:
+            raise ValueError(f"weights_{wrong[0]} is {weights[wrong[0]].dtype}, but the model is {dtype}")
+        net = Network(layer_sizes, dtype=dtype)
+        net.weights = weights
         net.metadata = json.loads(str(contents["metadata"]))
         extra = set(contents) - {"format", "format_version", "layer_sizes", "dtype", "metadata"} - {
             f"weights_{i}" for i in range(n_layers)}

@@ -54,6 +54,16 @@ def test_failed_save_keeps_the_old_file(trained, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["model.npz"]
 
 
+def test_saved_file_gets_the_usual_permissions(trained, tmp_path):
+    net, _ = trained
+    old = os.umask(0o022)
+    try:
+        net.save(tmp_path / "model.npz")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model.npz").stat().st_mode & 0o777 == 0o644
+
+
 def test_metadata_must_be_json(trained, tmp_path):
     net, _ = trained
     net.metadata = {"bad": object()}
@@ -124,6 +134,20 @@ def test_inconsistent_files(trained, tmp_path, changes, words):
     with pytest.raises(ValueError) as info:
         mlpcore.load(tmp_path / "bad.npz")
     assert "bad.npz" in str(info.value) and words in str(info.value)
+
+
+def test_weights_of_another_dtype_in_file(trained, tmp_path):
+    net, _ = trained
+    net.save(tmp_path / "model.npz")
+    other = np.float64 if net.dtype == np.float32 else np.float32
+    _rewrite(tmp_path / "model.npz", tmp_path / "mixed.npz", weights_1=net.weights[1].astype(other))
+    with pytest.raises(ValueError, match="mixed.npz is an inconsistent .* weights_1 is"):
+        mlpcore.load(tmp_path / "mixed.npz")
+
+
+def test_a_folder_is_not_a_model(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):
+        mlpcore.load(tmp_path)
 
 
 def test_nan_weights_in_file(trained, tmp_path):

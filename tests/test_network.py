@@ -169,3 +169,88 @@ def test_history_as_dict():
     d = history.as_dict()
     assert d["epoch"] == [1, 2, 3]
     assert len(d["loss"]) == len(d["val_loss"]) == len(d["val_accuracy"]) == 3
+
+
+def test_assigning_the_networks_own_weights_swapped():
+    net = mlpcore.Network([3, 3, 3, 3], dtype="float64", seed=0)
+    W0, W1, W2 = (W.copy() for W in net.weights)
+    views = net.weights
+    net.weights = [views[1], views[0], views[2]]
+    np.testing.assert_array_equal(net.weights[0], W1)
+    np.testing.assert_array_equal(net.weights[1], W0)
+    np.testing.assert_array_equal(net.weights[2], W2)
+
+
+def test_a_failing_callback_rolls_back_to_the_last_finished_epoch():
+    X, y = make_problem([5, 6, 3], 40, np.float64)
+    net = mlpcore.Network([5, 6, 3], dtype="float64", seed=0)
+    snapshots = []
+
+    def on_epoch_end(history):
+        if history.epoch[-1] == 3:
+            raise RuntimeError("callback failed")
+        snapshots.append([W.copy() for W in net.weights])
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        net.fit(X, y, epochs=5, batch_size=4, on_epoch_end=on_epoch_end)
+    for W, saved in zip(net.weights, snapshots[-1]):
+        np.testing.assert_array_equal(W, saved)
+
+
+def test_interrupt_during_validation_keeps_the_previous_epoch():
+    X, y = make_problem([5, 6, 3], 40, np.float64)
+    net = mlpcore.Network([5, 6, 3], dtype="float64", seed=0)
+    snapshots = []
+    real_loss = net.loss
+
+    def loss(*args, **kwargs):
+        if len(snapshots) == 2:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    net.loss = loss
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, y, epochs=5, batch_size=4, validation_data=(X, y),
+                on_epoch_end=lambda h: snapshots.append([W.copy() for W in net.weights]))
+    for W, saved in zip(net.weights, snapshots[-1]):
+        np.testing.assert_array_equal(W, saved)
+
+
+@pytest.mark.parametrize("bad,words", [
+    (dict(on_progress=5), "on_progress must be callable"),
+    (dict(on_epoch_end="print"), "on_epoch_end must be callable"),
+    (dict(validation_data=np.zeros((3, 5))), "validation_data must be a pair"),
+])
+def test_bad_fit_options_are_rejected_before_training(bad, words):
+    X, y = make_problem([5, 3], 20, np.float32)
+    net = mlpcore.Network([5, 3], seed=0)
+    before = [W.copy() for W in net.weights]
+    with pytest.raises(TypeError, match=words):
+        net.fit(X, y, epochs=1, **bad)
+    for W, saved in zip(net.weights, before):
+        np.testing.assert_array_equal(W, saved)
+
+
+def test_validation_inside_fit_keeps_the_thread_limit():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from mlpcore.network import _find_blas_controller
+
+    path = _find_blas_controller().lib_controllers[0].filepath
+    X, y = make_problem([5, 3], 20, np.float32)
+    net = mlpcore.Network([5, 3], seed=0)
+    seen = []
+    real_predict = net.predict
+
+    def predict(*args, **kwargs):
+        threads = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["filepath"] == path]
+        seen.extend(threads)
+        return real_predict(*args, **kwargs)
+
+    net.predict = predict
+    net.fit(X, y, epochs=2, threads=1, validation_data=(X, y))
+    assert seen == [1, 1]
+
+
+def test_datasets_is_reachable_from_the_package():
+    assert mlpcore.datasets.load_fashion_mnist is not None
+    assert len(mlpcore.datasets.FASHION_MNIST_CLASSES) == 10

@@ -99,6 +99,7 @@ def test_bad_input_is_rejected_and_weights_unchanged(net, call, error, words):
     ([784, -3, 10], ValueError, "every layer size must be >= 1"),
     ([784, 300, 1], ValueError, "at least 2 classes"),
     ([784, 30.5, 10], TypeError, "must be integers"),
+    ([784, 2**31, 10], ValueError, "must be < 2\\*\\*31"),
     (784, TypeError, "sequence of integers"),
 ])
 def test_bad_layer_sizes(sizes, error, words):
