@@ -38,6 +38,16 @@ def _positive_int(text):
     return value
 
 
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
 def _positive_float(text):
     try:
         value = float(text)
@@ -50,6 +60,7 @@ def _positive_float(text):
 
 def _build_parser():
     parser = _Parser(prog="mlpcore", description=__doc__)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--version", action="version", version=f"mlpcore {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -58,18 +69,19 @@ def _build_parser():
                  "search the usual places (see `mlpcore info`)")
     threads_help = "BLAS threads (default: every core this process may use)"
 
-    train = commands.add_parser("train", help="train a network on Fashion-MNIST",
+    train = commands.add_parser("train", help="train a network on Fashion-MNIST", formatter_class=defaults,
                                 description="Train a network on Fashion-MNIST and save it with its history.")
-    train.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS)
+    train.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS, help="passes over the data")
     train.add_argument("--lr", type=_positive_float, default=DEFAULT_LR, help="SGD learning rate")
-    train.add_argument("--batch-size", type=_positive_int, default=600)
+    train.add_argument("--batch-size", type=_positive_int, default=600, help="rows per SGD step")
     train.add_argument("--hidden", type=_positive_int, nargs="*", default=list(DEFAULT_HIDDEN),
                        metavar="N", help="hidden layer sizes (default: 300 300; none: softmax regression)")
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     train.add_argument("--init", choices=("he", "glorot", "normal"), default="he")
-    train.add_argument("--seed", type=int, default=0, help="seed of the initial weights and shuffling")
+    train.add_argument("--seed", type=_seed, default=0, help="seed of the initial weights and shuffling")
     train.add_argument("--data", type=Path, help=data_help)
     train.add_argument("--out", type=Path, help="output folder (default: a new folder under runs/)")
+    train.add_argument("--force", action="store_true", help="replace a model already in --out")
     train.add_argument("--threads", type=_positive_int, help=threads_help)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved model on the test set",
@@ -91,8 +103,9 @@ def main(argv=None):
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
-        # Missing files, unreadable models and data: what went wrong, without a traceback.
+    except (OSError, ValueError) as exc:
+        # Missing or unreadable files, folders that cannot be written, bad models and data: what went
+        # wrong, without a traceback.
         print(f"mlpcore: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -106,15 +119,15 @@ def main(argv=None):
 def _load_data(data_dir, dtype):
     from .datasets import DatasetNotFoundError, load_fashion_mnist
 
-    # A folder the user names may hold another data set in the same format (MNIST): its structure is
-    # checked, but not the Fashion-MNIST checksums. Data found in the usual places is verified.
-    explicit = data_dir is not None or bool(os.environ.get("MLPCORE_DATA"))
+    # A folder named with --data may hold another data set in the same format (MNIST): its structure is
+    # checked, but not the Fashion-MNIST checksums. Data found otherwise is verified, as by the library.
     try:
-        return load_fashion_mnist(data_dir, dtype=dtype, verify=not explicit)
+        return load_fashion_mnist(data_dir, dtype=dtype, verify=data_dir is None)
     except DatasetNotFoundError as exc:
-        if not explicit:
+        if data_dir is None and not os.environ.get("MLPCORE_DATA"):
             raise  # the full message: every place looked in, and how to get the data
-        raise UsageError(f"mlpcore: error: {str(exc).splitlines()[0]}") from None
+        first_line = str(exc).splitlines()[0].replace("given by path argument", "given by --data")
+        raise UsageError(f"mlpcore: error: {first_line}") from None
 
 
 # -------------------------------------------------------------------------------------------------
@@ -131,16 +144,18 @@ def _new_run_dir():
 
 
 def _train(args):
-    from . import Network
+    from . import Network, TrainingDiverged
 
     out = args.out if args.out is not None else _new_run_dir()
     if out.exists() and not out.is_dir():
         raise UsageError(f"mlpcore train: --out {out} exists and is not a folder")
+    if (out / "model.npz").exists() and not args.force:
+        raise UsageError(f"mlpcore train: {out} already holds a model: choose another --out, or add "
+                         "--force to replace it")
     (X_train, y_train), (X_test, y_test) = _load_data(args.data, args.dtype)
-    out.mkdir(parents=True, exist_ok=True)
-
     sizes = [X_train.shape[1], *args.hidden, 10]
     net = Network(sizes, dtype=args.dtype, init=args.init, seed=args.seed)
+    out.mkdir(parents=True, exist_ok=True)
     settings = {"layer_sizes": sizes, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
                 "dtype": args.dtype, "init": args.init, "seed": args.seed,
                 "data": str(args.data) if args.data else None, "n_train": len(X_train)}
@@ -154,34 +169,40 @@ def _train(args):
         progress.close()
         row = dict(zip(HISTORY_FIELDS, (history.epoch[-1], history.loss[-1], history.val_loss[-1],
                                         history.val_accuracy[-1], history.seconds[-1])))
-        rows.append(row)
         print(f"epoch {row['epoch']:>{len(str(args.epochs))}}/{args.epochs}  "
               f"train loss {row['train_loss']:.4f}  test loss {row['test_loss']:.4f}  "
               f"test accuracy {100 * row['test_accuracy']:.2f}%  {row['seconds']:.1f} s", flush=True)
+        rows.append(row)  # last: an epoch interrupted before this is not kept (fit rolls it back)
 
-    interrupted = False
+    stopped = None  # why training ended early, if it did
     try:
         net.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                 seed=args.seed, threads=args.threads, validation_data=(X_test, y_test),
                 on_epoch_end=on_epoch_end, on_progress=progress.update)
     except KeyboardInterrupt:
+        stopped = "interrupted"
+    except TrainingDiverged as exc:
+        stopped = f"diverged: {exc}"
+    if stopped is not None:
         progress.close()
-        interrupted = True
-        print(f"\ninterrupted: keeping the model of the last finished epoch ({len(rows)})",
-              file=sys.stderr)
+        print(f"\n{stopped}\nkeeping the model of the last finished epoch ({len(rows)})", file=sys.stderr)
 
     net.metadata = {"settings": settings, "epochs_trained": len(rows),
-                    "final": rows[-1] if rows else None, "interrupted": interrupted}
+                    "final": rows[-1] if rows else None, "interrupted": stopped == "interrupted",
+                    "diverged": stopped is not None and stopped != "interrupted"}
     net.save(out / "model.npz")
     _write_history(out, rows)
     plotted = _plot(out / "curves.png", rows)
     if rows:
-        print(f"final test accuracy {100 * rows[-1]['test_accuracy']:.2f}% after {len(rows)} epochs "
+        print(f"final test accuracy {100 * rows[-1]['test_accuracy']:.2f}% after {len(rows)} "
+              f"epoch{'s' if len(rows) > 1 else ''} "
               f"({sum(r['seconds'] for r in rows):.1f} s of training)")
     print(f"saved model.npz, history.json, history.csv{', curves.png' if plotted else ''} in {out}")
     if not plotted:
         print("curves.png not drawn: matplotlib is not installed (pip install 'mlpcore[plot]')")
-    return 130 if interrupted else 0
+    if stopped is None:
+        return 0
+    return 130 if stopped == "interrupted" else 1
 
 
 class _EpochProgress:
