@@ -1,7 +1,7 @@
 """The in-process group: mlpcore, its GEMM floor and the NumPy reference, timed in one worker; the memory probe.
 
-The GEMM floor is the least any implementation of this network on this BLAS can take: only the matrix
-products of an epoch (see _common.batch_products), through ``scipy.linalg.blas.?gemm`` - the very library
+The GEMM floor is what the matrix products of an epoch alone take (see _common.batch_products: those of the
+bias-augmented layout, k = n_in + 1; mlpcore's forward uses k = n_in, so it can come in just under), through ``scipy.linalg.blas.?gemm`` - the very library
 mlpcore's ``scipy.linalg.cython_blas`` calls reach - on operands allocated once. Row-major arrays are passed
 as their Fortran-ordered transposes (C = A.B in row-major is C^T = B^T.A^T in column-major), and every output
 is written in place (``c=``, ``overwrite_c``): no copy happens in the timed loop, which `check_floor` verifies.
