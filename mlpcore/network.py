@@ -279,7 +279,7 @@ class Network:
         rng = np.random.default_rng(seed)
         # Everything the batches need is allocated here, once, and reused by every batch.
         grads = np.empty_like(self._params)
-        work = np.empty(_core.workspace_size(self._sizes, batch_size), dtype=self.dtype)
+        work = np.empty(_core.workspace_size(self._sizes, batch_size, shuffle), dtype=self.dtype)
         label_work = np.empty(batch_size, dtype=np.intp)
         last_good = self._params.copy()
         label_args = self._target_args(labels, targets)

@@ -195,24 +195,30 @@ cdef struct Layout:
     void* target_rows     # batch x n_classes, for gathered target distributions
 
 
-cdef Py_ssize_t _workspace_size(const Py_ssize_t* sizes, Py_ssize_t n_layers, Py_ssize_t batch) noexcept nogil:
-    cdef Py_ssize_t l, per_row = sizes[0] + sizes[n_layers], fixed = 0
+cdef Py_ssize_t _workspace_size(const Py_ssize_t* sizes, Py_ssize_t n_layers, Py_ssize_t batch,
+                                bint gather) noexcept nogil:
+    cdef Py_ssize_t l, per_row = 0, fixed = 0
     for l in range(1, n_layers + 1):
         per_row += sizes[l]
         fixed += sizes[l]
     for l in range(1, n_layers):
         per_row += sizes[l]
+    if gather:
+        per_row += sizes[0] + sizes[n_layers]
     return per_row * batch + fixed
 
 
-cdef int _layout(Layout* lay, floating* work, const Py_ssize_t* sizes, Py_ssize_t n_layers,
-                 Py_ssize_t batch) noexcept nogil:
-    """Carve the workspace into per-layer buffers. Returns -1 if the pointer arrays cannot be allocated."""
+cdef int _layout(Layout* lay, floating* work, Py_ssize_t work_size, const Py_ssize_t* sizes,
+                 Py_ssize_t n_layers, Py_ssize_t batch, bint gather) noexcept nogil:
+    """Carve the workspace into per-layer buffers (and the gather buffers if asked). Returns -1 if the
+    workspace is too small, -2 if the pointer arrays cannot be allocated."""
     cdef Py_ssize_t l
+    if work_size < _workspace_size(sizes, n_layers, batch, gather):
+        return -1
     # One allocation for the three pointer arrays.
     lay.outputs = <void**>malloc(3 * (n_layers + 1) * sizeof(void*))
     if lay.outputs == NULL:
-        return -1
+        return -2
     lay.deltas = lay.outputs + (n_layers + 1)
     lay.column_sums = lay.deltas + (n_layers + 1)
     lay.outputs[0] = lay.deltas[0] = lay.column_sums[0] = NULL
@@ -226,9 +232,21 @@ cdef int _layout(Layout* lay, floating* work, const Py_ssize_t* sizes, Py_ssize_
     for l in range(1, n_layers + 1):
         lay.column_sums[l] = work
         work += sizes[l]
-    lay.input_rows = work
-    work += batch * sizes[0]
-    lay.target_rows = work
+    lay.input_rows = lay.target_rows = NULL
+    if gather:
+        lay.input_rows = work
+        work += batch * sizes[0]
+        lay.target_rows = work
+    return 0
+
+
+cdef int _layout_or_raise(Layout* lay, floating[::1] work, const Py_ssize_t[::1] sizes, Py_ssize_t batch,
+                          bint gather) except -1:
+    cdef int status = _layout(lay, &work[0], work.shape[0], &sizes[0], sizes.shape[0] - 1, batch, gather)
+    if status == -1:
+        raise ValueError(f"the workspace has {work.shape[0]} elements, fewer than workspace_size() asks")
+    if status == -2:
+        raise MemoryError()
     return 0
 
 
@@ -293,9 +311,10 @@ cdef void backward_and_update(const UpdateRule* rule, floating* params, floating
 # ---------------------------------------------------------------------------------------------------------
 # Python entry points. Arguments are validated by mlpcore.network; memoryviews in, pointers inside.
 
-def workspace_size(const Py_ssize_t[::1] sizes, Py_ssize_t batch):
-    """Number of elements of the workspace for batches of up to `batch` rows."""
-    return _workspace_size(&sizes[0], sizes.shape[0] - 1, batch)
+def workspace_size(const Py_ssize_t[::1] sizes, Py_ssize_t batch, bint gather=False):
+    """Number of elements of the workspace for batches of up to `batch` rows; `gather` adds room for
+    copying each batch's rows (train_batches with a non-empty `order`)."""
+    return _workspace_size(&sizes[0], sizes.shape[0] - 1, batch, gather)
 
 
 def max_abs(const floating[:, ::1] X):
@@ -336,8 +355,7 @@ def predict_proba(const floating[::1] params, const Py_ssize_t[::1] sizes, const
     cdef Py_ssize_t n = X.shape[0], n_classes = sizes[n_layers]
     cdef Py_ssize_t c, start, m
     cdef Layout lay
-    if _layout(&lay, &work[0], &sizes[0], n_layers, chunk) != 0:
-        raise MemoryError()
+    _layout_or_raise(&lay, work, sizes, chunk, False)
     with nogil:
         for c in range((n + chunk - 1) // chunk):
             start = c * chunk
@@ -360,8 +378,7 @@ def mean_loss(const floating[::1] params, const Py_ssize_t[::1] sizes, const flo
     cdef double total = 0
     cdef bint use_labels = labels.shape[0] > 0
     cdef Layout lay
-    if _layout(&lay, &work[0], &sizes[0], n_layers, chunk) != 0:
-        raise MemoryError()
+    _layout_or_raise(&lay, work, sizes, chunk, False)
     with nogil:
         for c in range((n + chunk - 1) // chunk):
             start = c * chunk
@@ -406,8 +423,7 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     cdef Layout lay
     rule.kind = RULE_SGD if lr > 0 else RULE_GRADIENT_ONLY
     rule.lr = lr
-    if _layout(&lay, &work[0], &sizes[0], n_layers, batch_size) != 0:
-        raise MemoryError()
+    _layout_or_raise(&lay, work, sizes, batch_size, gather)
     input_rows = <floating*>lay.input_rows
     target_rows = <floating*>lay.target_rows
     with nogil:
