@@ -149,13 +149,7 @@ class Network:
     def predict_proba(self, X, *, threads=None):
         """Class probabilities, shape (n_samples, n_classes)."""
         X = check.check_X(X, self.n_features_in, self.dtype)
-        threads = check.check_threads(threads)
-        chunk = min(X.shape[0], _CHUNK_ROWS)
-        out = np.empty((X.shape[0], self.n_classes), dtype=self.dtype)
-        work = np.empty(_core.workspace_size(self._sizes, chunk), dtype=self.dtype)
-        with _blas_threads(threads):
-            _core.predict_proba(self._params, self._sizes, X, out, work, chunk)
-        return out
+        return self._proba(X, check.check_threads(threads))
 
     def predict(self, X, *, threads=None):
         """Predicted class labels, shape (n_samples,)."""
@@ -163,21 +157,36 @@ class Network:
 
     def score(self, X, y, *, threads=None):
         """Accuracy of predict(X) against the labels y."""
-        X = check.check_X(X, self.n_features_in, self.dtype)
-        labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype)
-        if labels is None:
-            labels = targets.argmax(axis=1)
-        return float((self.predict(X, threads=threads) == labels).mean())
+        X, labels, targets = self._check_data(X, y)
+        return self._accuracy(X, labels, targets, check.check_threads(threads))
 
     def loss(self, X, y, *, threads=None):
         """Mean cross-entropy of the network on (X, y)."""
         X, labels, targets = self._check_data(X, y)
-        threads = check.check_threads(threads)
+        return self._mean_loss(X, labels, targets, check.check_threads(threads))
+
+    # The same on checked arguments: fit's validation runs them every epoch without checking again.
+
+    def _proba(self, X, threads):
         chunk = min(X.shape[0], _CHUNK_ROWS)
-        work = np.empty(_core.workspace_size(self._sizes, chunk), dtype=self.dtype)
+        out = np.empty((X.shape[0], self.n_classes), dtype=self.dtype)
+        with _blas_threads(threads):
+            _core.predict_proba(self._params, self._sizes, X, out, self._chunk_workspace(chunk), chunk)
+        return out
+
+    def _accuracy(self, X, labels, targets, threads):
+        if labels is None:
+            labels = targets.argmax(axis=1)
+        return float((self._proba(X, threads).argmax(axis=1) == labels).mean())
+
+    def _mean_loss(self, X, labels, targets, threads):
+        chunk = min(X.shape[0], _CHUNK_ROWS)
         with _blas_threads(threads):
             return _core.mean_loss(self._params, self._sizes, X, *self._target_args(labels, targets),
-                                   work, chunk)
+                                   self._chunk_workspace(chunk), chunk)
+
+    def _chunk_workspace(self, chunk):
+        return np.empty(_core.workspace_size(self._sizes, chunk), dtype=self.dtype)
 
     # ---------------------------------------------------------------------------------------------
     # Training
@@ -262,9 +271,6 @@ class Network:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise TypeError("validation_data must be a pair (X_val, y_val)")
             X_val, val_labels, val_targets = self._check_data(*validation_data)
-            y_val = val_labels if val_labels is not None else val_targets
-            if val_labels is None:
-                val_labels = val_targets.argmax(axis=1)
         for name, callback in (("on_epoch_end", on_epoch_end), ("on_progress", on_progress)):
             if callback is not None and not callable(callback):
                 raise TypeError(f"{name} must be callable or None, got {callback!r}")
@@ -315,9 +321,8 @@ class Network:
                             f"(lr={lr:g}). Lower lr, or scale the inputs")
                     seconds = time.perf_counter() - started
                     if validation_data is not None:
-                        val_loss = self.loss(X_val, y_val, threads=threads)
-                        predicted = self.predict(X_val, threads=threads)
-                        val_accuracy = float((predicted == val_labels).mean())
+                        val_loss = self._mean_loss(X_val, val_labels, val_targets, threads)
+                        val_accuracy = self._accuracy(X_val, val_labels, val_targets, threads)
                         history.val_loss.append(val_loss)
                         history.val_accuracy.append(val_accuracy)
                     history.epoch.append(epoch)

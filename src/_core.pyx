@@ -317,34 +317,42 @@ def workspace_size(const Py_ssize_t[::1] sizes, Py_ssize_t batch, bint gather=Fa
     return _workspace_size(&sizes[0], sizes.shape[0] - 1, batch, gather)
 
 
+ctypedef fused float_bits:
+    uint32_t
+    uint64_t
+
+
+cdef float_bits _largest_magnitude_bits(const float_bits* bits, Py_ssize_t size,
+                                        float_bits magnitude_mask) noexcept nogil:
+    cdef float_bits largest = 0, v
+    cdef Py_ssize_t i
+    for i in range(size):
+        v = bits[i] & magnitude_mask
+        largest = v if v > largest else largest
+    return largest
+
+
 def max_abs(const floating[:, ::1] X):
     """The largest |x| in X (inf if X holds an infinity), or NaN if X holds a NaN: the input checks of
     fit in one pass, with no temporary array the size of X."""
     # On the IEEE bit patterns with the sign cleared, the order of the unsigned integers is the order of
     # |x|, and NaNs come above infinity: one integer max, which compilers vectorise (a float max with
     # NaN checks they do not).
-    cdef Py_ssize_t i, size = X.shape[0] * X.shape[1]
-    cdef const uint32_t* bits32
-    cdef const uint64_t* bits64
-    cdef uint32_t largest32 = 0, v32
-    cdef uint64_t largest64 = 0, v64
+    cdef Py_ssize_t size = X.shape[0] * X.shape[1]
+    cdef uint32_t bits32
+    cdef uint64_t bits64
     cdef float f32
     cdef double f64
     if floating is float:
-        bits32 = <const uint32_t*>&X[0, 0]
         with nogil:
-            for i in range(size):
-                v32 = bits32[i] & 0x7FFFFFFFu
-                largest32 = v32 if v32 > largest32 else largest32
-        memcpy(&f32, &largest32, sizeof(float))
+            bits32 = _largest_magnitude_bits(<const uint32_t*>&X[0, 0], size, <uint32_t>0x7FFFFFFFu)
+        memcpy(&f32, &bits32, sizeof(float))
         return f32
     else:
-        bits64 = <const uint64_t*>&X[0, 0]
         with nogil:
-            for i in range(size):
-                v64 = bits64[i] & 0x7FFFFFFFFFFFFFFFull
-                largest64 = v64 if v64 > largest64 else largest64
-        memcpy(&f64, &largest64, sizeof(double))
+            bits64 = _largest_magnitude_bits(<const uint64_t*>&X[0, 0], size,
+                                             <uint64_t>0x7FFFFFFFFFFFFFFFull)
+        memcpy(&f64, &bits64, sizeof(double))
         return f64
 
 
