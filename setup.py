@@ -4,8 +4,13 @@ Compiler directives are set here, once, for every module. To build with bounds c
 initialisation checks on (slow, for debugging an out-of-bounds access), set MLPCORE_DEBUG=1:
 
     MLPCORE_DEBUG=1 pip install -e . --no-build-isolation
+
+Training runs on several threads through OpenMP (-fopenmp) when the C compiler supports it (gcc does;
+Apple's clang does not without libomp). Without it the core is built serial and says so in
+``mlpcore._core.OPENMP``; MLPCORE_OPENMP=0 forces that.
 """
 import os
+import tempfile
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -22,11 +27,38 @@ directives = {
 }
 compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
 
+
+def openmp_flags():
+    """["-fopenmp"] if the C compiler builds and links an OpenMP program with it, else []."""
+    if os.environ.get("MLPCORE_OPENMP", "") == "0":
+        return []
+    from setuptools._distutils.ccompiler import new_compiler
+    from setuptools._distutils.errors import CompileError, LinkError
+    from setuptools._distutils.sysconfig import customize_compiler
+
+    compiler = new_compiler()
+    customize_compiler(compiler)
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "omp.c")
+        with open(source, "w") as f:
+            f.write("#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            objects = compiler.compile([source], output_dir=folder, extra_postargs=["-fopenmp"])
+            compiler.link_executable(objects, os.path.join(folder, "omp"), extra_postargs=["-fopenmp"])
+        except (CompileError, LinkError):
+            print("mlpcore: the C compiler has no OpenMP; training will run on one thread")
+            return []
+    return ["-fopenmp"]
+
+
+OPENMP_FLAGS = openmp_flags()
+
 extensions = [
     Extension(
         "mlpcore._core",
         ["src/_core.pyx"],
-        extra_compile_args=compile_args,
+        extra_compile_args=compile_args + OPENMP_FLAGS,
+        extra_link_args=OPENMP_FLAGS,
         # No BLAS is linked: every BLAS call goes through scipy.linalg.cython_blas at run time.
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),

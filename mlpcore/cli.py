@@ -64,7 +64,7 @@ def _build_parser():
     data_help = ("folder with the four IDX files (train-images-idx3-ubyte[.gz] ...): Fashion-MNIST or any "
                  "data set in its format, e.g. MNIST; checked for structure, not checksums. Default: "
                  "search the usual places (see `mlpcore info`)")
-    threads_help = "BLAS threads (default: every core this process may use)"
+    threads_help = "threads (default: every core this process may use)"
 
     train = commands.add_parser("train", help="train a network on Fashion-MNIST", formatter_class=defaults,
                                 description="Train a network on Fashion-MNIST and save it with its history.")
@@ -311,6 +311,10 @@ def _info(args):
                   f"{lib['num_threads']} threads: {lib['filepath']}")
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"cores this process may use: {usable}")
+    from . import _core
+    print("training and inference threads: " + (
+        "OpenMP, one per core by default (each calling BLAS on one thread)" if _core.OPENMP else
+        "one (built without OpenMP; BLAS gets the cores)"))
     found = find_fashion_mnist()
     print(f"Fashion-MNIST: {found if found else 'not found (mlpcore train would download it)'}")
     print("searched, in order:")

@@ -25,7 +25,15 @@ _SECONDS_PER_CALL = 0.2
 # Inputs larger than this are probably unscaled (raw pixels are 0..255): fit warns.
 _LARGE_INPUT = 50.0
 
+# fit shares each batch out between its threads only if each gets at least this many rows; below that,
+# one thread trains and BLAS gets the threads (its products on a few rows are too small to split well).
+_MIN_ROWS_PER_WORKER = 16
+
 _blas_controller = None
+
+
+def _usable_cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _blas_threads(threads):
@@ -35,8 +43,25 @@ def _blas_threads(threads):
     if _blas_controller is None:
         _blas_controller = _find_blas_controller()  # inspecting the loaded libraries costs ~ms: once
     if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        threads = _usable_cores()
     return _blas_controller.limit(limits=threads, user_api="blas")
+
+
+def _team(threads, batch_size):
+    """(workers, BLAS threads) for a compiled call on batches of `batch_size` rows, on `threads` threads
+    (None: every usable core).
+
+    The threads are a team of workers that share out each batch's work, each calling BLAS on its share
+    with BLAS itself on one thread: the forward pass, the head and the elementwise passes run in parallel
+    too, not only the products, and each product is split the way that suits its shape (OpenBLAS's own
+    threading splits this network's products poorly). The two kinds of threads are never nested. When
+    the batch is too small to share out, one worker runs and BLAS gets the threads.
+    """
+    threads = _usable_cores() if threads is None else threads
+    if not _core.OPENMP:
+        return 1, threads
+    workers = min(threads, _core.MAX_WORKERS, max(1, batch_size // _MIN_ROWS_PER_WORKER))
+    return workers, 1 if workers > 1 else threads
 
 
 def _find_blas_controller():
@@ -147,7 +172,10 @@ class Network:
     # Inference
 
     def predict_proba(self, X, *, threads=None):
-        """Class probabilities, shape (n_samples, n_classes)."""
+        """Class probabilities, shape (n_samples, n_classes).
+
+        X is processed 2048 rows at a time, each block shared out between `threads` threads (None: every
+        core this process may use), as in fit."""
         X = check.check_X(X, self.n_features_in, self.dtype)
         return self._proba(X, check.check_threads(threads))
 
@@ -169,9 +197,11 @@ class Network:
 
     def _proba(self, X, threads):
         chunk = min(X.shape[0], _CHUNK_ROWS)
+        workers, blas_threads = _team(threads, chunk)
         out = np.empty((X.shape[0], self.n_classes), dtype=self.dtype)
-        with _blas_threads(threads):
-            _core.predict_proba(self._params, self._sizes, X, out, self._chunk_workspace(chunk), chunk)
+        with _blas_threads(blas_threads):
+            _core.predict_proba(self._params, self._sizes, X, out, self._chunk_workspace(chunk, workers),
+                                chunk, workers)
         return out
 
     def _accuracy(self, X, labels, targets, threads):
@@ -181,12 +211,13 @@ class Network:
 
     def _mean_loss(self, X, labels, targets, threads):
         chunk = min(X.shape[0], _CHUNK_ROWS)
-        with _blas_threads(threads):
+        workers, blas_threads = _team(threads, chunk)
+        with _blas_threads(blas_threads):
             return _core.mean_loss(self._params, self._sizes, X, *self._target_args(labels, targets),
-                                   self._chunk_workspace(chunk), chunk)
+                                   self._chunk_workspace(chunk, workers), chunk, workers)
 
-    def _chunk_workspace(self, chunk):
-        return np.empty(_core.workspace_size(self._sizes, chunk), dtype=self.dtype)
+    def _chunk_workspace(self, chunk, workers):
+        return np.empty(_core.workspace_size(self._sizes, chunk, False, workers), dtype=self.dtype)
 
     # ---------------------------------------------------------------------------------------------
     # Training
@@ -218,10 +249,12 @@ class Network:
     def _train_rows(self, X, labels, targets, grads, lr):
         """The whole of X as one batch: gradients into grads, and an update unless lr == 0."""
         n = X.shape[0]
-        work = np.empty(_core.workspace_size(self._sizes, n), dtype=self.dtype)
-        return _core.train_batches(
-            self._params, grads, self._sizes, X, *self._target_args(labels, targets),
-            _NO_ORDER, n, 0, 1, lr, work, np.empty(1, dtype=np.intp))
+        workers, blas_threads = _team(None, n)
+        work = np.empty(_core.workspace_size(self._sizes, n, False, workers), dtype=self.dtype)
+        with _blas_threads(blas_threads):
+            return _core.train_batches(
+                self._params, grads, self._sizes, X, *self._target_args(labels, targets),
+                _NO_ORDER, n, 0, 1, lr, work, np.empty(1, dtype=np.intp), workers)
 
     def fit(self, X, y, *, epochs, batch_size=600, lr=0.1, shuffle=True, seed=None, threads=None,
             validation_data=None, on_epoch_end=None, on_progress=None):
@@ -242,7 +275,9 @@ class Network:
         seed : int or None
             Seed of the shuffling: epoch e uses the e-th ``permutation(n)`` of ``default_rng(seed)``.
         threads : int or None
-            BLAS threads for this call (restored afterwards); None means every core this process may use.
+            Threads for this call; None means every core this process may use. Each batch is shared out
+            between them when it has at least 16 rows per thread; otherwise BLAS gets them. BLAS's own
+            thread count is restored afterwards.
         validation_data : (X_val, y_val) or None
             Evaluated after each epoch into ``History.val_loss`` and ``History.val_accuracy``.
         on_epoch_end : callable(history) or None
@@ -284,15 +319,16 @@ class Network:
         n_batches = -(-n // batch_size)
         rng = np.random.default_rng(seed)
         # Everything the batches need is allocated here, once, and reused by every batch.
+        workers, blas_threads = _team(threads, batch_size)
         grads = np.empty_like(self._params)
-        work = np.empty(_core.workspace_size(self._sizes, batch_size, shuffle), dtype=self.dtype)
+        work = np.empty(_core.workspace_size(self._sizes, batch_size, shuffle, workers), dtype=self.dtype)
         label_work = np.empty(batch_size, dtype=np.intp)
         last_good = self._params.copy()
         label_args = self._target_args(labels, targets)
         history = History()
         per_call = 1  # batches per compiled call, adapted to _SECONDS_PER_CALL from epoch to epoch
 
-        with _blas_threads(threads):
+        with _blas_threads(blas_threads):
             try:
                 for epoch in range(1, epochs + 1):
                     started = time.perf_counter()
@@ -303,7 +339,7 @@ class Network:
                         call_started = time.perf_counter()
                         loss_sum, done = _core.train_batches(
                             self._params, grads, self._sizes, X, *label_args, order, batch_size,
-                            batch, stop, lr, work, label_work)
+                            batch, stop, lr, work, label_work, workers)
                         total += loss_sum
                         batch += done
                         if batch < stop:

@@ -15,19 +15,16 @@ cdef enum Transpose:
     TRANS = 1
 
 
-cdef inline void gemm(Transpose trans_a, Transpose trans_b, int m, int n, int k,
-                      floating alpha, const floating* a, const floating* b,
-                      floating beta, floating* c) noexcept nogil:
-    """C(m x n) = alpha * op(A) . op(B) + beta * C, all row-major and packed (leading dim = row length).
+cdef inline void gemm_ld(Transpose trans_a, Transpose trans_b, int m, int n, int k,
+                         floating alpha, const floating* a, int lda, const floating* b, int ldb,
+                         floating beta, floating* c, int ldc) noexcept nogil:
+    """C(m x n) = alpha * op(A) . op(B) + beta * C, all row-major, with the row length of each stored matrix
+    given (so that a block of columns of a wider matrix can be an operand).
 
     op(A) is m x k: A is stored m x k, or k x m when transposed; likewise op(B) is k x n.
     """
     cdef char ta = b'T' if trans_a == TRANS else b'N'
     cdef char tb = b'T' if trans_b == TRANS else b'N'
-    # Row length of each stored matrix; BLAS wants every leading dimension >= 1.
-    cdef int lda = max(1, m if trans_a == TRANS else k)
-    cdef int ldb = max(1, k if trans_b == TRANS else n)
-    cdef int ldc = max(1, n)
     if m <= 0 or n <= 0:
         return
     if floating is float:
@@ -35,3 +32,11 @@ cdef inline void gemm(Transpose trans_a, Transpose trans_b, int m, int n, int k,
     else:
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
 
+
+cdef inline void gemm(Transpose trans_a, Transpose trans_b, int m, int n, int k,
+                      floating alpha, const floating* a, const floating* b,
+                      floating beta, floating* c) noexcept nogil:
+    """gemm_ld on packed matrices (each leading dimension is the stored row length)."""
+    # BLAS wants every leading dimension >= 1.
+    gemm_ld(trans_a, trans_b, m, n, k, alpha, a, max(1, m if trans_a == TRANS else k),
+            b, max(1, k if trans_b == TRANS else n), beta, c, max(1, n))

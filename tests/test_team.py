@@ -1,0 +1,152 @@
+"""Training shared out between threads (an OpenMP team of workers) computes what the reference computes.
+
+The team is forced here whatever the machine's cores: `threads` up to 4 (more threads than cores is slow,
+never wrong) and every batch shared out, however few its rows. The architectures and batch sizes make
+every product go both ways, split by rows (a batch at least as wide as the layer) and by columns, and
+give workers empty shares (a last batch of one row).
+"""
+import numpy as np
+import pytest
+
+import mlpcore
+from mlpcore import _core, network, reference
+from conftest import RTOL, make_problem, relative_error
+from test_core_vs_reference import _network, _reference_fit
+
+pytestmark = pytest.mark.skipif(not _core.OPENMP, reason="this build of the core has no OpenMP")
+
+SIZES = [6, 40, 30, 4]
+N_ROWS = 52
+# Batches of 3 (every product split by columns), 5 (both ways) and 50 (all by rows), leaving last batches
+# of 1, 2 and 2 rows.
+BATCH_SIZES = [3, 5, 50]
+
+
+def test_the_batch_sizes_split_both_ways():
+    widths = SIZES[1:-1]  # forward products and errors passed down; the last layer always goes by rows
+    splits = {size: {_core.split_by_rows(size, w, 8) for w in widths} for size in BATCH_SIZES}
+    assert splits == {3: {False}, 5: {False, True}, 50: {True}}
+
+
+@pytest.fixture
+def teams(monkeypatch):
+    """Share out every batch, and record the team size of each compiled training call."""
+    monkeypatch.setattr(network, "_MIN_ROWS_PER_WORKER", 1)
+    sizes_seen = []
+    real_train_batches = _core.train_batches
+
+    def train_batches(*args):
+        sizes_seen.append(args[-1])
+        return real_train_batches(*args)
+
+    monkeypatch.setattr(_core, "train_batches", train_batches)
+    return sizes_seen
+
+
+@pytest.mark.parametrize("threads", [2, 3, 4])
+@pytest.mark.parametrize("batch_size", BATCH_SIZES)
+@pytest.mark.parametrize("targets", ["labels", "soft"])
+def test_shared_fit_matches_reference_batch_by_batch(teams, threads, batch_size, targets):
+    net = _network(SIZES, np.float64, seed=3)
+    X, y = make_problem(SIZES, N_ROWS, np.float64, targets, seed=4)
+    ref_weights = [W.copy() for W in net.weights]
+    history = net.fit(X, y, epochs=3, batch_size=batch_size, lr=0.02, seed=11, threads=threads)
+    ref_losses = _reference_fit(ref_weights, X, y, 3, batch_size, 0.02, seed=11)
+    assert teams and set(teams) == {min(threads, batch_size)}  # never more workers than rows
+    np.testing.assert_allclose(history.loss, ref_losses, rtol=1e-10)
+    for W, ref_W in zip(net.weights, ref_weights):
+        assert relative_error(W, ref_W) <= 1e-10
+
+
+@pytest.mark.parametrize("n", [1, 3, 40])
+def test_shared_gradients_match_reference(teams, monkeypatch, n, dtype):
+    monkeypatch.setattr(network, "_usable_cores", lambda: 3)
+    net = _network([9, 11, 13, 6], dtype)
+    X, y = make_problem([9, 11, 13, 6], n, dtype, "onehot")
+    loss, grads = net.loss_and_gradients(X, y)
+    ref_loss, ref_grads = reference.loss_and_gradients(net.weights, X, y)
+    assert teams == [min(3, n)]  # never more workers than rows
+    assert loss == pytest.approx(ref_loss, rel=RTOL[dtype])
+    for g, ref_g in zip(grads, ref_grads):
+        assert relative_error(g, ref_g) <= RTOL[dtype]
+
+
+@pytest.mark.parametrize("batch_size", [16, 256])
+def test_one_and_two_threads_agree_on_the_students_shape(teams, batch_size, dtype):
+    # The 300-wide products split by columns at batch 16, by rows at 256.
+    assert _core.split_by_rows(batch_size, 300, np.dtype(dtype).itemsize) == (batch_size == 256)
+    X, y = make_problem([784, 300, 300, 10], 1024, dtype, seed=1)
+    X = np.abs(X) / 4
+    results = []
+    for threads in (1, 2):
+        net = mlpcore.Network([784, 300, 300, 10], dtype=dtype, seed=0)
+        history = net.fit(X, y, epochs=1, batch_size=batch_size, lr=0.05, seed=0, threads=threads)
+        results.append((history.loss, net.weights))
+    assert set(teams) == {1, 2}
+    (loss1, W1), (loss2, W2) = results
+    np.testing.assert_allclose(loss1, loss2, rtol=10 * RTOL[dtype])
+    for a, b in zip(W1, W2):
+        assert relative_error(a, b) <= 10 * RTOL[dtype]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_a_team_stops_together_before_a_batch_with_a_non_finite_loss(workers, dtype):
+    # Rows in order, batches of 4: row 9 overflows the logits, so batch 2 (rows 8..11) is not trained,
+    # whichever worker's share holds it; batches 0 and 1 are.
+    sizes = np.array([5, 7, 3], dtype=np.intp)
+    X, y = make_problem([5, 7, 3], 16, dtype)
+    X[9] = np.finfo(dtype).max
+    net = mlpcore.Network([5, 7, 3], dtype=dtype, seed=0)
+    net.weights = [net.weights[0], net.weights[1] * 100]  # row 9's logits reach infinity
+    expected = mlpcore.Network([5, 7, 3], dtype=dtype, seed=0)
+    expected.weights = net.weights
+    for start in (0, 4):
+        expected.train_step(X[start:start + 4], y[start:start + 4], lr=0.1)
+    params = np.concatenate([W.ravel() for W in net.weights])
+    work = np.empty(_core.workspace_size(sizes, 4, False, workers), dtype=dtype)
+    total, done = _core.train_batches(params, np.empty_like(params), sizes, X, y.astype(np.intp),
+                                      np.empty((0, 0), dtype), np.empty(0, np.intp), 4, 0, 4, 0.1, work,
+                                      np.empty(4, np.intp), workers)
+    assert done == 2
+    assert np.isfinite(total)
+    expected_params = np.concatenate([W.ravel() for W in expected.weights])
+    assert relative_error(params, expected_params) <= RTOL[dtype]
+
+
+def test_the_core_refuses_a_team_out_of_range():
+    sizes = np.array([2, 2], dtype=np.intp)
+    params = np.zeros(6)
+    with pytest.raises(ValueError, match="workers must be in"):
+        _core.train_batches(params, params.copy(), sizes, np.zeros((1, 2)), np.zeros(1, np.intp),
+                            np.empty((0, 0)), np.empty(0, np.intp), 1, 0, 1, 0.1, np.empty(100),
+                            np.empty(1, np.intp), 0)
+
+
+def test_training_team_choice(monkeypatch):
+    monkeypatch.setattr(network, "_usable_cores", lambda: 4)
+    assert network._team(None, 600) == (4, 1)
+    assert network._team(2, 600) == (2, 1)
+    assert network._team(1, 600) == (1, 1)
+    # Too few rows to share out: one worker, and BLAS gets the threads.
+    assert network._team(None, 8) == (1, 4)
+    assert network._team(4, 40) == (2, 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("n", [1, 2, 7, 40])
+def test_shared_predictions_and_loss_match_reference(monkeypatch, threads, n, dtype):
+    # Chunks of 5 rows: several chunks, a last short one, and workers with no rows in a chunk.
+    monkeypatch.setattr(network, "_MIN_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(network, "_CHUNK_ROWS", 5)
+    teams = []
+    real_predict_proba = _core.predict_proba
+    monkeypatch.setattr(_core, "predict_proba", lambda *args: teams.append(args[-1]) or real_predict_proba(*args))
+    sizes = [9, 11, 13, 6]
+    net = _network(sizes, dtype)
+    for targets in ("labels", "soft"):
+        X, y = make_problem(sizes, n, dtype, targets)
+        P = net.predict_proba(X, threads=threads)
+        assert relative_error(P, reference.forward(net.weights, X)) <= RTOL[dtype]
+        assert net.loss(X, y, threads=threads) == pytest.approx(reference.loss(net.weights, X, y),
+                                                                rel=RTOL[dtype])
+    assert set(teams) == {min(threads, n, 5)}
