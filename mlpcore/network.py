@@ -174,8 +174,8 @@ class Network:
     def predict_proba(self, X, *, threads=None):
         """Class probabilities, shape (n_samples, n_classes).
 
-        X is processed 2048 rows at a time, each block shared out between `threads` threads (None: every
-        core this process may use), as in fit."""
+        X is processed 2048 rows at a time, BLAS on `threads` threads (None: every core this process may
+        use)."""
         X = check.check_X(X, self.n_features_in, self.dtype)
         return self._proba(X, check.check_threads(threads))
 
@@ -193,25 +193,32 @@ class Network:
         X, labels, targets = self._check_data(X, y)
         return self._mean_loss(X, labels, targets, check.check_threads(threads))
 
-    # The same on checked arguments: fit's validation runs them every epoch without checking again.
+    # Inference runs on BLAS's threads, except inside fit (team=True), where it runs on fit's team.
+    # Measured: a team started within ~0.1 s after a multi-threaded BLAS call shares the cores with
+    # OpenBLAS's worker thread, still spinning, and a 10,000-row predict_proba then takes twice as
+    # long; standalone, the team gains nothing over BLAS's own threads on the forward pass. Inside fit,
+    # BLAS stays single-threaded throughout, so its threads never wake to slow the next epoch.
 
-    def _proba(self, X, threads):
+    def _evaluation_team(self, threads, chunk, team):
+        return _team(threads, chunk) if team else (1, threads)
+
+    def _proba(self, X, threads, team=False):
         chunk = min(X.shape[0], _CHUNK_ROWS)
-        workers, blas_threads = _team(threads, chunk)
+        workers, blas_threads = self._evaluation_team(threads, chunk, team)
         out = np.empty((X.shape[0], self.n_classes), dtype=self.dtype)
         with _blas_threads(blas_threads):
             _core.predict_proba(self._params, self._sizes, X, out, self._chunk_workspace(chunk, workers),
                                 chunk, workers)
         return out
 
-    def _accuracy(self, X, labels, targets, threads):
+    def _accuracy(self, X, labels, targets, threads, team=False):
         if labels is None:
             labels = targets.argmax(axis=1)
-        return float((self._proba(X, threads).argmax(axis=1) == labels).mean())
+        return float((self._proba(X, threads, team).argmax(axis=1) == labels).mean())
 
-    def _mean_loss(self, X, labels, targets, threads):
+    def _mean_loss(self, X, labels, targets, threads, team=False):
         chunk = min(X.shape[0], _CHUNK_ROWS)
-        workers, blas_threads = _team(threads, chunk)
+        workers, blas_threads = self._evaluation_team(threads, chunk, team)
         with _blas_threads(blas_threads):
             return _core.mean_loss(self._params, self._sizes, X, *self._target_args(labels, targets),
                                    self._chunk_workspace(chunk, workers), chunk, workers)
@@ -250,7 +257,7 @@ class Network:
         """The whole of X as one batch: gradients into grads, and an update unless lr == 0."""
         n = X.shape[0]
         workers, blas_threads = _team(None, n)
-        work = np.empty(_core.workspace_size(self._sizes, n, False, workers), dtype=self.dtype)
+        work = np.empty(_core.workspace_size(self._sizes, n, False, workers, True), dtype=self.dtype)
         with _blas_threads(blas_threads):
             return _core.train_batches(
                 self._params, grads, self._sizes, X, *self._target_args(labels, targets),
@@ -321,7 +328,8 @@ class Network:
         # Everything the batches need is allocated here, once, and reused by every batch.
         workers, blas_threads = _team(threads, batch_size)
         grads = np.empty_like(self._params)
-        work = np.empty(_core.workspace_size(self._sizes, batch_size, shuffle, workers), dtype=self.dtype)
+        work = np.empty(_core.workspace_size(self._sizes, batch_size, shuffle, workers, True),
+                        dtype=self.dtype)
         label_work = np.empty(batch_size, dtype=np.intp)
         last_good = self._params.copy()
         label_args = self._target_args(labels, targets)
@@ -357,8 +365,8 @@ class Network:
                             f"(lr={lr:g}). Lower lr, or scale the inputs")
                     seconds = time.perf_counter() - started
                     if validation_data is not None:
-                        val_loss = self._mean_loss(X_val, val_labels, val_targets, threads)
-                        val_accuracy = self._accuracy(X_val, val_labels, val_targets, threads)
+                        val_loss = self._mean_loss(X_val, val_labels, val_targets, threads, team=True)
+                        val_accuracy = self._accuracy(X_val, val_labels, val_targets, threads, team=True)
                         history.val_loss.append(val_loss)
                         history.val_accuracy.append(val_accuracy)
                     history.epoch.append(epoch)

@@ -241,43 +241,64 @@ cdef struct Layout:
     # batch, outputs[l] the output of layer l (ReLU applied for hidden layers; logits, then the logit
     # gradient, for the last); deltas[l] is the error at layer l's pre-activation (deltas[n_layers] is
     # outputs[n_layers]). column_sums[w * (n_layers + 1) + l] holds worker w's share of the column sums of
-    # deltas[l], from which layer l's bias gradient is summed.
+    # deltas[l], from which layer l's bias gradient is summed. partials[w * (n_layers + 1) + l] (training
+    # by a team only, else NULL) holds worker w's partial sum of layer l's product when the batch is
+    # shared out by features.
     void** outputs
     void** deltas
     void** column_sums
+    void** partials
     void* input_rows      # batch x sizes[0], for gathered rows
     void* target_rows     # batch x n_classes, for gathered target distributions
     int n_workers
 
 
-cdef Py_ssize_t _workspace_size(const Py_ssize_t* sizes, Py_ssize_t n_layers, Py_ssize_t batch,
-                                bint gather, Py_ssize_t n_workers) noexcept nogil:
-    cdef Py_ssize_t l, per_row = 0, per_worker = 0
+cdef Py_ssize_t _widest(const Py_ssize_t* sizes, Py_ssize_t n_layers) noexcept nogil:
+    """The widest layer output."""
+    cdef Py_ssize_t l, widest = 0
     for l in range(1, n_layers + 1):
-        per_row += sizes[l]
-        per_worker += sizes[l]
-    for l in range(1, n_layers):
-        per_row += sizes[l]
+        widest = max(widest, sizes[l])
+    return widest
+
+
+cdef inline Py_ssize_t _partial_rows(const Py_ssize_t* sizes, Py_ssize_t n_layers,
+                                     Py_ssize_t batch) noexcept nogil:
+    """Rows of each partial sum: a batch shared out by features has fewer than widest / 3 rows in any
+    dtype (see _by_features)."""
+    return min(batch, _widest(sizes, n_layers) // 3 + 1)
+
+
+cdef Py_ssize_t _workspace_size(const Py_ssize_t* sizes, Py_ssize_t n_layers, Py_ssize_t batch,
+                                bint gather, Py_ssize_t n_workers, bint training) noexcept nogil:
+    cdef Py_ssize_t l, per_row = 0, per_worker = 0, widths = 0
+    for l in range(1, n_layers + 1):
+        widths += sizes[l]
+    per_row = 2 * widths - sizes[n_layers]  # outputs, and deltas of the hidden layers
+    per_worker = widths
     if gather:
         per_row += sizes[0] + sizes[n_layers]
+    if training and n_workers > 1:
+        per_worker += _partial_rows(sizes, n_layers, batch) * widths
     return per_row * batch + per_worker * n_workers
 
 
 cdef int _layout(Layout* lay, floating* work, Py_ssize_t work_size, const Py_ssize_t* sizes,
-                 Py_ssize_t n_layers, Py_ssize_t batch, bint gather, int n_workers) noexcept nogil:
+                 Py_ssize_t n_layers, Py_ssize_t batch, bint gather, int n_workers,
+                 bint training) noexcept nogil:
     """Carve the workspace into per-layer buffers (and the gather buffers if asked). Returns -1 if the
     workspace is too small, -2 if the pointer arrays cannot be allocated."""
-    cdef Py_ssize_t l
+    cdef Py_ssize_t l, per_worker = (n_layers + 1) * n_workers
     cdef int w
-    if work_size < _workspace_size(sizes, n_layers, batch, gather, n_workers):
+    if work_size < _workspace_size(sizes, n_layers, batch, gather, n_workers, training):
         return -1
-    # One allocation for the three pointer arrays.
-    lay.outputs = <void**>malloc((2 + n_workers) * (n_layers + 1) * sizeof(void*))
+    # One allocation for the pointer arrays.
+    lay.outputs = <void**>malloc((2 * (n_layers + 1) + 2 * per_worker) * sizeof(void*))
     if lay.outputs == NULL:
         return -2
     lay.n_workers = n_workers
     lay.deltas = lay.outputs + (n_layers + 1)
     lay.column_sums = lay.deltas + (n_layers + 1)
+    lay.partials = lay.column_sums + per_worker
     lay.outputs[0] = lay.deltas[0] = NULL
     for l in range(1, n_layers + 1):
         lay.outputs[l] = work
@@ -287,10 +308,14 @@ cdef int _layout(Layout* lay, floating* work, Py_ssize_t work_size, const Py_ssi
         work += batch * sizes[l]
     lay.deltas[n_layers] = lay.outputs[n_layers]
     for w in range(n_workers):
-        lay.column_sums[w * (n_layers + 1)] = NULL
+        lay.column_sums[w * (n_layers + 1)] = lay.partials[w * (n_layers + 1)] = NULL
         for l in range(1, n_layers + 1):
             lay.column_sums[w * (n_layers + 1) + l] = work
             work += sizes[l]
+            lay.partials[w * (n_layers + 1) + l] = NULL
+            if training and n_workers > 1:
+                lay.partials[w * (n_layers + 1) + l] = work
+                work += _partial_rows(sizes, n_layers, batch) * sizes[l]
     lay.input_rows = lay.target_rows = NULL
     if gather:
         lay.input_rows = work
@@ -300,9 +325,9 @@ cdef int _layout(Layout* lay, floating* work, Py_ssize_t work_size, const Py_ssi
 
 
 cdef int _layout_or_raise(Layout* lay, floating[::1] work, const Py_ssize_t[::1] sizes, Py_ssize_t batch,
-                          bint gather, int n_workers) except -1:
+                          bint gather, int n_workers, bint training) except -1:
     cdef int status = _layout(lay, &work[0], work.shape[0], &sizes[0], sizes.shape[0] - 1, batch, gather,
-                              n_workers)
+                              n_workers, training)
     if status == -1:
         raise ValueError(f"the workspace has {work.shape[0]} elements, fewer than workspace_size() asks")
     if status == -2:
@@ -363,16 +388,20 @@ cdef floating* rule_destination(const UpdateRule* rule, floating* params, floati
 # ---------------------------------------------------------------------------------------------------------
 # The training loop, run by every worker of a team (or by the calling thread alone).
 #
-# Each product of a batch is shared out between the workers by rows of its result or by columns,
-# whichever makes them pack less twice: BLAS packs both operands, and when the rows are split every
-# worker packs all of the weights, when the columns are split all of the activations (and split columns
-# cost more barriers). See _split_by_rows. Split by rows, the forward
-# pass, the head and the error passed down need only the worker's own rows of their input; split by
-# columns, they need all of it, so the workers first wait at a barrier until everyone has written theirs.
-# A weight product sums over every row: each worker computes a block of the layer's weight rows (the last
-# worker also the bias) after a barrier; the error passed down, when split by columns, reads exactly the
-# worker's own block of weight rows, so the update of that block follows it with no barrier, and when
-# split by rows, the barrier also makes sure every worker has read the weights before anyone updates them.
+# A batch is shared out between the workers in one of two ways:
+# - by rows (_rows_batch), when it has many rows: each worker does the forward pass, the head and the
+#   error passed down on its own rows, with no waiting. A weight product sums over every row: each worker
+#   computes a block of the layer's weight rows (the last worker also the bias) after a barrier, which
+#   also makes sure every worker has read the weights before anyone updates them. Every worker packs
+#   all the weights for its rows, and reads in the next batch the weight rows the others updated.
+# - by features (_features_batch), when it has few rows: each worker owns a block of every layer's input
+#   features and so the same block of the layer's weight rows. A forward product is split over those
+#   features: each worker multiplies its input columns by its weight rows into a partial sum, and after a
+#   barrier sums the partials over its own block of output columns, which is its block of the next
+#   layer's input. The error passed down and the weight update use only its own weight rows too. So the
+#   weights never move between cores, only activations and errors (batch-sized) do, and no operand is
+#   packed twice. That matters on small batches, where the weights outweigh the activations, and on
+#   machines (like some VMs) where data moving between cores is slow.
 # A last barrier per batch keeps the next batch from overwriting buffers still being read.
 
 cdef struct TeamResult:
@@ -381,14 +410,22 @@ cdef struct TeamResult:
 
 
 cdef enum:
-    LOSS_STRIDE = 8   # each worker's batch loss sits on its own cache line (8 doubles apart)
+    LOSS_STRIDE = 8     # each worker's batch loss sits on its own cache line (8 doubles apart)
+    BLOCK_ALIGN = 16    # feature blocks start on multiples of 16 items (64 bytes or more): no false sharing
 
 
-cdef enum Readiness:
-    # What a worker may read of a buffer the team writes.
-    OWN_ROWS = 0    # its own rows, written by itself
-    PENDING = 1     # nothing safely: other workers wrote parts of it since the last barrier
-    COMPLETE = 2    # all of it
+cdef struct Batch:
+    # What every worker knows of the batch it trains; the arrays' element type is in the functions' args.
+    const Py_ssize_t* sizes
+    Py_ssize_t n_layers
+    Py_ssize_t start        # the batch is rows start..start+m-1 of the pass: of X, or of order
+    Py_ssize_t m
+    const Py_ssize_t* order # NULL: X's rows in place
+    const Py_ssize_t* labels  # NULL: the targets are rows of a target array
+    Py_ssize_t* label_work
+    double* losses
+    int me
+    int team
 
 
 cdef inline Py_ssize_t _share_start(Py_ssize_t count, int member, int team) noexcept nogil:
@@ -396,23 +433,225 @@ cdef inline Py_ssize_t _share_start(Py_ssize_t count, int member, int team) noex
     return count * member // team
 
 
-cdef inline bint _split_by_rows(Py_ssize_t m, Py_ssize_t width, size_t item_size) noexcept nogil:
-    """Whether a product of m rows and `width` columns is shared out by rows (else by columns).
+cdef inline Py_ssize_t _block_start(Py_ssize_t width, int member, int team) noexcept nogil:
+    """Start of member's block of `width` features: near-equal consecutive blocks starting on multiples of
+    BLOCK_ALIGN (some empty when the width is small)."""
+    if member >= team:
+        return width
+    return (width * member // team) // BLOCK_ALIGN * BLOCK_ALIGN
 
-    By rows from width / 3 rows in float32 and width / 6 in float64: the crossovers measured on the
-    student's network (300 columns: columns win by 15% at 32 rows and 4% at 64 in float32, rows by 2% at
-    128; in float64, columns by 4% at 32, rows by 7% at 128). Packing, which the row split repeats, costs
-    less next to the float64 products, which are twice as slow.
+
+cdef inline bint _split_by_rows(Py_ssize_t m, Py_ssize_t width, size_t item_size) noexcept nogil:
+    """Whether a batch of m rows through layers up to `width` wide is shared out by rows (else by features).
+
+    By rows from width / 3 rows in float32 and width / 6 in float64, the crossovers measured on the
+    student's network (300 wide). Packing, which the row split repeats, costs less next to the float64
+    products, which are twice as slow.
     """
     return 3 * m * <Py_ssize_t>item_size >= 4 * width
 
 
-cdef inline Readiness _wait_for(Readiness state, Readiness needed) noexcept nogil:
-    """Wait at a barrier unless a buffer in `state` already gives what is `needed` (OWN_ROWS or COMPLETE)."""
-    if state == COMPLETE or state == needed:
-        return state
+cdef void _sum_partials(floating** partials, int team, Py_ssize_t n, Py_ssize_t first_row,
+                        Py_ssize_t stop_row, Py_ssize_t first_col, Py_ssize_t stop_col,
+                        const floating* bias, floating* out, bint relu) noexcept nogil:
+    """out[i, j] = sum over workers of partials[w][i, j] + bias[j], ReLU applied if asked, for the given
+    rows and columns of m x n matrices."""
+    cdef floating* out_row
+    cdef const floating* part_row
+    cdef floating v
+    cdef Py_ssize_t i, j
+    cdef int w
+    for i in range(first_row, stop_row):
+        out_row = out + i * n
+        part_row = partials[0] + i * n
+        for j in range(first_col, stop_col):
+            out_row[j] = part_row[j] + bias[j]
+        for w in range(1, team):
+            part_row = partials[w] + i * n
+            for j in range(first_col, stop_col):
+                out_row[j] += part_row[j]
+        if relu:
+            for j in range(first_col, stop_col):
+                v = out_row[j]
+                out_row[j] = v if v > 0 else 0
+
+
+cdef void _gather_inputs(const Batch* bt, const floating* X, Py_ssize_t first_row, Py_ssize_t stop_row,
+                         Py_ssize_t first_col, Py_ssize_t stop_col, Layout* lay) noexcept nogil:
+    """Copy columns first_col..stop_col-1 of the batch's rows first_row..stop_row-1 of X (through
+    bt.order) into lay.input_rows."""
+    cdef Py_ssize_t d = bt.sizes[0], i
+    cdef floating* input_rows = <floating*>lay.input_rows
+    if stop_col <= first_col:
+        return
+    for i in range(first_row, stop_row):
+        memcpy(input_rows + i * d + first_col, X + bt.order[bt.start + i] * d + first_col,
+               (stop_col - first_col) * sizeof(floating))
+
+
+cdef void _gather_targets(const Batch* bt, const floating* targets, Py_ssize_t first_row,
+                          Py_ssize_t stop_row, Layout* lay) noexcept nogil:
+    """Copy the targets of the batch's rows first_row..stop_row-1 into label_work or lay.target_rows."""
+    cdef Py_ssize_t n_classes = bt.sizes[bt.n_layers], i, row
+    for i in range(first_row, stop_row):
+        row = bt.order[bt.start + i]
+        if bt.labels != NULL:
+            bt.label_work[i] = bt.labels[row]
+        else:
+            memcpy(<floating*>lay.target_rows + i * n_classes, targets + row * n_classes,
+                   n_classes * sizeof(floating))
+
+
+cdef bint _batch_loss_is_finite(const Batch* bt, double* batch_loss) noexcept nogil:
+    """Sum every worker's loss: called past a barrier since the head by every worker, which all sum the
+    same losses in the same order, so all stop together, before any update of a non-finite batch."""
+    cdef int w
+    batch_loss[0] = 0
+    for w in range(bt.team):
+        batch_loss[0] += bt.losses[w * LOSS_STRIDE]
+    return isfinite(batch_loss[0])
+
+
+cdef void _update_bias(const Batch* bt, Layout* lay, Py_ssize_t layer, floating* db, floating alpha,
+                       floating beta) noexcept nogil:
+    """The last worker updates layer `layer`'s bias from every worker's column sums of its error."""
+    cdef floating* all_sums[64]   # team <= MAX_WORKERS
+    cdef int w
+    if bt.me != bt.team - 1:
+        return
+    for w in range(bt.team):
+        all_sums[w] = <floating*>lay.column_sums[w * (bt.n_layers + 1) + layer + 1]
+    update_bias(db, bt.sizes[layer + 1], all_sums, bt.team, alpha, beta)
+
+
+cdef bint _rows_batch(const Batch* bt, const floating* params, floating* dest, floating alpha,
+                      floating beta, const floating* X, const floating* targets, Layout* lay,
+                      double* batch_loss) noexcept nogil:
+    """Train one batch shared out by rows. Returns False, having updated nothing, if its loss is not
+    finite."""
+    cdef const Py_ssize_t* sizes = bt.sizes
+    cdef Py_ssize_t n_layers = bt.n_layers, d = sizes[0], n_classes = sizes[n_layers]
+    cdef Py_ssize_t first = _share_start(bt.m, bt.me, bt.team)
+    cdef Py_ssize_t rows = _share_start(bt.m, bt.me + 1, bt.team) - first
+    cdef Py_ssize_t l, k, n_out, offset = _n_weights(sizes, n_layers)
+    cdef floating** my_sums = <floating**>lay.column_sums + bt.me * (n_layers + 1)
+    cdef const floating* x
+    cdef const floating* layer_in
+    cdef const Py_ssize_t* batch_labels = NULL
+    cdef const floating* batch_targets = NULL
+    if bt.order != NULL:
+        _gather_inputs(bt, X, first, first + rows, 0, d, lay)  # this worker's rows, whole
+        _gather_targets(bt, targets, first, first + rows, lay)
+        x = <floating*>lay.input_rows
+        batch_labels = bt.label_work if bt.labels != NULL else NULL
+        batch_targets = NULL if bt.labels != NULL else <floating*>lay.target_rows
+    else:
+        x = X + bt.start * d
+        batch_labels = bt.labels + bt.start if bt.labels != NULL else NULL
+        batch_targets = NULL if bt.labels != NULL else targets + bt.start * n_classes
+
+    network_forward(params, sizes, n_layers, x, first, rows, lay, NULL)
+    bt.losses[bt.me * LOSS_STRIDE] = softmax_cross_entropy(
+        <floating*>lay.outputs[n_layers] + first * n_classes, rows, n_classes,
+        batch_labels + first if batch_labels != NULL else NULL,
+        batch_targets + first * n_classes if batch_labels == NULL else NULL, <floating>(1.0 / bt.m),
+        my_sums[n_layers])
+
+    for l in range(n_layers - 1, -1, -1):
+        k, n_out = sizes[l], sizes[l + 1]
+        offset -= (k + 1) * n_out
+        layer_in = x if l == 0 else <floating*>lay.outputs[l]
+        if l > 0:  # the first layer's input is the data: no error is passed into it
+            propagate_error(<floating*>lay.deltas[l + 1] + first * n_out, rows, n_out, params + offset, k,
+                            layer_in + first * k, <floating*>lay.deltas[l] + first * k, my_sums[l], 0, k)
+        mlpcore_barrier()
+        if l == n_layers - 1 and not _batch_loss_is_finite(bt, batch_loss):
+            return False
+        update_weight_rows(layer_in, bt.m, k, <floating*>lay.deltas[l + 1], n_out,
+                           _share_start(k, bt.me, bt.team), _share_start(k, bt.me + 1, bt.team),
+                           dest + offset, alpha, beta)
+        _update_bias(bt, lay, l, dest + offset + k * n_out, alpha, beta)
+    return True
+
+
+cdef bint _features_batch(const Batch* bt, const floating* params, floating* dest, floating alpha,
+                          floating beta, const floating* X, const floating* targets, Layout* lay,
+                          double* batch_loss) noexcept nogil:
+    """Train one batch shared out by features. Returns False, having updated nothing, if its loss is not
+    finite."""
+    cdef const Py_ssize_t* sizes = bt.sizes
+    cdef Py_ssize_t n_layers = bt.n_layers, d = sizes[0], n_classes = sizes[n_layers], m = bt.m
+    cdef int me = bt.me, team = bt.team, w
+    cdef Py_ssize_t first = _share_start(m, me, team), stop_row = _share_start(m, me + 1, team)
+    cdef Py_ssize_t l, k, n_out, offset = 0, f0, f1
+    cdef floating** my_sums = <floating**>lay.column_sums + me * (n_layers + 1)
+    cdef floating* partials[64]   # every worker's partial sum of one layer (team <= MAX_WORKERS)
+    cdef floating* mine
+    cdef const floating* x
+    cdef const floating* layer_in
+    cdef const Py_ssize_t* batch_labels = NULL
+    cdef const floating* batch_targets = NULL
+    if bt.order != NULL:
+        # Every row, but only this worker's block of features: all it will read of the inputs.
+        _gather_inputs(bt, X, 0, m, _block_start(d, me, team), _block_start(d, me + 1, team), lay)
+        _gather_targets(bt, targets, first, stop_row, lay)  # the head does this worker's rows
+        x = <floating*>lay.input_rows
+        batch_labels = bt.label_work if bt.labels != NULL else NULL
+        batch_targets = NULL if bt.labels != NULL else <floating*>lay.target_rows
+    else:
+        x = X + bt.start * d
+        batch_labels = bt.labels + bt.start if bt.labels != NULL else NULL
+        batch_targets = NULL if bt.labels != NULL else targets + bt.start * n_classes
+
+    layer_in = x
+    for l in range(n_layers):
+        k, n_out = sizes[l], sizes[l + 1]
+        f0, f1 = _block_start(k, me, team), _block_start(k, me + 1, team)
+        mine = <floating*>lay.partials[me * (n_layers + 1) + l + 1]
+        if f1 > f0:
+            gemm_ld(NO_TRANS, NO_TRANS, <int>m, <int>n_out, <int>(f1 - f0), <floating>1, layer_in + f0, <int>k,
+                    params + offset + f0 * n_out, <int>n_out, <floating>0, mine, <int>n_out)
+        else:
+            memset(mine, 0, m * n_out * sizeof(floating))
+        mlpcore_barrier()
+        for w in range(team):
+            partials[w] = <floating*>lay.partials[w * (n_layers + 1) + l + 1]
+        if l < n_layers - 1:
+            # This worker's block of the next layer's input features: all it will read of it.
+            _sum_partials(partials, team, n_out, 0, m, _block_start(n_out, me, team),
+                          _block_start(n_out, me + 1, team), params + offset + k * n_out,
+                          <floating*>lay.outputs[l + 1], True)
+        else:
+            # The head needs whole rows of logits: this worker's rows.
+            _sum_partials(partials, team, n_out, first, stop_row, 0, n_out, params + offset + k * n_out,
+                          <floating*>lay.outputs[l + 1], False)
+        layer_in = <floating*>lay.outputs[l + 1]
+        offset += (k + 1) * n_out
+    bt.losses[me * LOSS_STRIDE] = softmax_cross_entropy(
+        <floating*>lay.outputs[n_layers] + first * n_classes, stop_row - first, n_classes,
+        batch_labels + first if batch_labels != NULL else NULL,
+        batch_targets + first * n_classes if batch_labels == NULL else NULL, <floating>(1.0 / m),
+        my_sums[n_layers])
     mlpcore_barrier()
-    return COMPLETE
+    if not _batch_loss_is_finite(bt, batch_loss):
+        return False
+
+    for l in range(n_layers - 1, -1, -1):
+        k, n_out = sizes[l], sizes[l + 1]
+        offset -= (k + 1) * n_out
+        f0, f1 = _block_start(k, me, team), _block_start(k, me + 1, team)
+        layer_in = x if l == 0 else <floating*>lay.outputs[l]
+        # Both read this worker's weight rows f0..f1 only, and every row and column of the error (whole
+        # since the last barrier), and the input's columns f0..f1 (this worker's own).
+        if l > 0:
+            propagate_error(<floating*>lay.deltas[l + 1], m, n_out, params + offset, k, layer_in,
+                            <floating*>lay.deltas[l], my_sums[l], f0, f1)
+        update_weight_rows(layer_in, m, k, <floating*>lay.deltas[l + 1], n_out, f0, f1, dest + offset,
+                           alpha, beta)
+        _update_bias(bt, lay, l, dest + offset + k * n_out, alpha, beta)
+        if l > 0:
+            mlpcore_barrier()  # the error passed down is whole
+    return True
 
 
 cdef void _train_member(floating* params, floating* grads, const Py_ssize_t* sizes, Py_ssize_t n_layers,
@@ -421,115 +660,25 @@ cdef void _train_member(floating* params, floating* grads, const Py_ssize_t* siz
                         Py_ssize_t stop_batch, const UpdateRule* rule, Layout* lay,
                         Py_ssize_t* label_work, double* losses, TeamResult* result) noexcept nogil:
     """One worker's part of training batches first_batch..stop_batch-1 (see train_batches)."""
-    cdef int me = mlpcore_member(), team = mlpcore_team_size(), w
-    cdef Py_ssize_t d = sizes[0], n_classes = sizes[n_layers], n_weights = _n_weights(sizes, n_layers)
-    cdef bint gather = order != NULL, use_labels = labels != NULL, stop = False, by_rows
-    cdef Py_ssize_t b, i, l, k, n_out, start, m, row, first, stop_row, rows, offset, first_col, stop_col
-    cdef Readiness state, next_state
+    cdef Batch bt
+    cdef Py_ssize_t b, widest = _widest(sizes, n_layers)
     cdef double batch_loss = 0
+    cdef bint trained
     cdef floating alpha, beta
     cdef floating* dest = rule_destination(rule, params, grads, &alpha, &beta)
-    cdef floating* input_rows = <floating*>lay.input_rows
-    cdef floating* target_rows = <floating*>lay.target_rows
-    cdef floating** my_sums = <floating**>lay.column_sums + me * (n_layers + 1)
-    cdef floating* all_sums[64]   # every worker's share of one layer's column sums (team <= MAX_WORKERS)
-    cdef const floating* x
-    cdef const floating* layer_in
-    cdef floating* layer_out
-    cdef const Py_ssize_t* batch_labels
-    cdef const floating* batch_targets
+    bt.sizes, bt.n_layers, bt.order, bt.labels = sizes, n_layers, order, labels
+    bt.label_work, bt.losses = label_work, losses
+    bt.me, bt.team = mlpcore_member(), mlpcore_team_size()
     for b in range(first_batch, stop_batch):
-        start = b * batch_size
-        m = min(batch_size, n - start)
-        first = _share_start(m, me, team)
-        stop_row = _share_start(m, me + 1, team)
-        rows = stop_row - first
-        if gather:
-            for i in range(first, stop_row):
-                row = order[start + i]
-                memcpy(input_rows + i * d, X + row * d, d * sizeof(floating))
-                if use_labels:
-                    label_work[i] = labels[row]
-                else:
-                    memcpy(target_rows + i * n_classes, targets + row * n_classes,
-                           n_classes * sizeof(floating))
-            x = input_rows
-            batch_labels = label_work
-            batch_targets = target_rows
-            state = OWN_ROWS
+        bt.start = b * batch_size
+        bt.m = min(batch_size, n - bt.start)
+        if bt.team > 1 and not _split_by_rows(bt.m, widest, sizeof(floating)):
+            trained = _features_batch(&bt, params, dest, alpha, beta, X, targets, lay, &batch_loss)
         else:
-            x = X + start * d
-            batch_labels = labels + start if use_labels else NULL
-            batch_targets = NULL if use_labels else targets + start * n_classes
-            state = COMPLETE
-
-        # Forward. The last layer is split by rows: the head needs whole rows of logits.
-        layer_in = x
-        offset = 0
-        for l in range(n_layers):
-            k, n_out = sizes[l], sizes[l + 1]
-            layer_out = <floating*>lay.outputs[l + 1]
-            by_rows = _split_by_rows(m, n_out, sizeof(floating)) or l == n_layers - 1
-            if by_rows:
-                state = _wait_for(state, OWN_ROWS)
-                dense_forward(layer_in + first * k, rows, k, params + offset, n_out, layer_out + first * n_out,
-                              l < n_layers - 1, 0, n_out)
-                state = OWN_ROWS
-            else:
-                state = _wait_for(state, COMPLETE)
-                dense_forward(layer_in, m, k, params + offset, n_out, layer_out, l < n_layers - 1,
-                              _share_start(n_out, me, team), _share_start(n_out, me + 1, team))
-                state = PENDING
-            layer_in = layer_out
-            offset += (k + 1) * n_out
-        losses[me * LOSS_STRIDE] = softmax_cross_entropy(
-            <floating*>lay.outputs[n_layers] + first * n_classes, rows, n_classes,
-            batch_labels + first if use_labels else NULL,
-            NULL if use_labels else batch_targets + first * n_classes, <floating>(1.0 / m),
-            my_sums[n_layers])
-
-        # Backward: state is that of the error at the current layer's output (first the logit gradient).
-        for l in range(n_layers - 1, -1, -1):
-            k, n_out = sizes[l], sizes[l + 1]
-            offset -= (k + 1) * n_out
-            layer_in = x if l == 0 else <floating*>lay.outputs[l]
-            # The weight product needs every row of the error and of the input (the input was written in
-            # the forward pass, before the barrier that comes below in any case).
-            if l > 0 and _split_by_rows(m, k, sizeof(floating)):
-                # The error passed down, by rows; then everyone has read the weights.
-                state = _wait_for(state, OWN_ROWS)
-                propagate_error(<floating*>lay.deltas[l + 1] + first * n_out, rows, n_out, params + offset,
-                                k, layer_in + first * k, <floating*>lay.deltas[l] + first * k, my_sums[l],
-                                0, k)
-                mlpcore_barrier()
-                next_state = OWN_ROWS
-            else:
-                state = _wait_for(state, COMPLETE)
-                if l > 0:  # by columns: this worker reads only the weight rows it updates below
-                    first_col, stop_col = _share_start(k, me, team), _share_start(k, me + 1, team)
-                    propagate_error(<floating*>lay.deltas[l + 1], m, n_out, params + offset, k, layer_in,
-                                    <floating*>lay.deltas[l], my_sums[l], first_col, stop_col)
-                next_state = PENDING
-            if l == n_layers - 1:
-                # Past a barrier since the head. Every worker sums the same losses in the same order, so
-                # all stop together, before any update of a batch whose loss is not finite.
-                batch_loss = 0
-                for w in range(team):
-                    batch_loss += losses[w * LOSS_STRIDE]
-                if not isfinite(batch_loss):
-                    stop = True
-                    break
-            update_weight_rows(layer_in, m, k, <floating*>lay.deltas[l + 1], n_out,
-                               _share_start(k, me, team), _share_start(k, me + 1, team),
-                               dest + offset, alpha, beta)
-            if me == team - 1:
-                for w in range(team):
-                    all_sums[w] = <floating*>lay.column_sums[w * (n_layers + 1) + l + 1]
-                update_bias(dest + offset + k * n_out, n_out, all_sums, team, alpha, beta)
-            state = next_state
-        if stop:
+            trained = _rows_batch(&bt, params, dest, alpha, beta, X, targets, lay, &batch_loss)
+        if not trained:
             break
-        if me == 0:
+        if bt.me == 0:
             result.total += batch_loss
             result.done += 1
         mlpcore_barrier()
@@ -548,10 +697,12 @@ def split_by_rows(Py_ssize_t m, Py_ssize_t width, Py_ssize_t item_size):
     return _split_by_rows(m, width, item_size)
 
 
-def workspace_size(const Py_ssize_t[::1] sizes, Py_ssize_t batch, bint gather=False, Py_ssize_t workers=1):
-    """Number of elements of the workspace for batches of up to `batch` rows trained by up to `workers`
-    threads; `gather` adds room for copying each batch's rows (train_batches with a non-empty `order`)."""
-    return _workspace_size(&sizes[0], sizes.shape[0] - 1, batch, gather, workers)
+def workspace_size(const Py_ssize_t[::1] sizes, Py_ssize_t batch, bint gather=False, Py_ssize_t workers=1,
+                   bint training=False):
+    """Number of elements of the workspace for batches of up to `batch` rows done by up to `workers`
+    threads; `gather` adds room for copying each batch's rows (train_batches with a non-empty `order`),
+    `training` room for train_batches's partial sums."""
+    return _workspace_size(&sizes[0], sizes.shape[0] - 1, batch, gather, workers, training)
 
 
 ctypedef fused float_bits:
@@ -637,7 +788,7 @@ cdef double _evaluate(const floating[::1] params, const Py_ssize_t[::1] sizes, c
     cdef Layout lay
     if not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"workers must be in [1, {MAX_WORKERS}], got {workers}")
-    _layout_or_raise(&lay, work, sizes, chunk, False, workers)
+    _layout_or_raise(&lay, work, sizes, chunk, False, workers, False)
     losses = <double*>calloc(workers * LOSS_STRIDE, sizeof(double))
     if losses == NULL:
         _free_layout(&lay)
@@ -709,7 +860,7 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     rule.kind = RULE_SGD if lr > 0 else RULE_GRADIENT_ONLY
     rule.lr = lr
     result.total, result.done = 0, 0
-    _layout_or_raise(&lay, work, sizes, batch_size, gather, workers)
+    _layout_or_raise(&lay, work, sizes, batch_size, gather, workers, True)
     losses = <double*>malloc(workers * LOSS_STRIDE * sizeof(double))
     if losses == NULL:
         _free_layout(&lay)

@@ -15,17 +15,19 @@ from test_core_vs_reference import _network, _reference_fit
 
 pytestmark = pytest.mark.skipif(not _core.OPENMP, reason="this build of the core has no OpenMP")
 
-SIZES = [6, 40, 30, 4]
+SIZES = [40, 70, 50, 4]  # feature blocks (16-aligned) of 2 workers: 16 + 24, 32 + 38, 16 + 34
 N_ROWS = 52
-# Batches of 3 (every product split by columns), 5 (both ways) and 50 (all by rows), leaving last batches
-# of 1, 2 and 2 rows.
-BATCH_SIZES = [3, 5, 50]
+# Batches of 3 are shared out by features (the last one has 1 row); of 12 and 50 by rows, but their last
+# ones (4 and 2 rows) by features.
+BATCH_SIZES = [3, 12, 50]
 
 
-def test_the_batch_sizes_split_both_ways():
-    widths = SIZES[1:-1]  # forward products and errors passed down; the last layer always goes by rows
-    splits = {size: {_core.split_by_rows(size, w, 8) for w in widths} for size in BATCH_SIZES}
-    assert splits == {3: {False}, 5: {False, True}, 50: {True}}
+def test_the_batch_sizes_share_out_both_ways():
+    def by_rows(m):
+        return _core.split_by_rows(m, max(SIZES[1:]), 8)
+
+    assert [(by_rows(size), by_rows(N_ROWS % size)) for size in BATCH_SIZES] == [
+        (False, False), (True, False), (True, False)]
 
 
 @pytest.fixture
@@ -58,11 +60,11 @@ def test_shared_fit_matches_reference_batch_by_batch(teams, threads, batch_size,
         assert relative_error(W, ref_W) <= 1e-10
 
 
-@pytest.mark.parametrize("n", [1, 3, 40])
+@pytest.mark.parametrize("n", [1, 3, 11, 40])  # by features up to 11 rows in float64, 5 in float32
 def test_shared_gradients_match_reference(teams, monkeypatch, n, dtype):
     monkeypatch.setattr(network, "_usable_cores", lambda: 3)
-    net = _network([9, 11, 13, 6], dtype)
-    X, y = make_problem([9, 11, 13, 6], n, dtype, "onehot")
+    net = _network(SIZES, dtype)
+    X, y = make_problem(SIZES, n, dtype, "onehot")
     loss, grads = net.loss_and_gradients(X, y)
     ref_loss, ref_grads = reference.loss_and_gradients(net.weights, X, y)
     assert teams == [min(3, n)]  # never more workers than rows
@@ -73,7 +75,7 @@ def test_shared_gradients_match_reference(teams, monkeypatch, n, dtype):
 
 @pytest.mark.parametrize("batch_size", [16, 256])
 def test_one_and_two_threads_agree_on_the_students_shape(teams, batch_size, dtype):
-    # The 300-wide products split by columns at batch 16, by rows at 256.
+    # Shared out by features at batch 16, by rows at 256.
     assert _core.split_by_rows(batch_size, 300, np.dtype(dtype).itemsize) == (batch_size == 256)
     X, y = make_problem([784, 300, 300, 10], 1024, dtype, seed=1)
     X = np.abs(X) / 4
@@ -103,7 +105,7 @@ def test_a_team_stops_together_before_a_batch_with_a_non_finite_loss(workers, dt
     for start in (0, 4):
         expected.train_step(X[start:start + 4], y[start:start + 4], lr=0.1)
     params = np.concatenate([W.ravel() for W in net.weights])
-    work = np.empty(_core.workspace_size(sizes, 4, False, workers), dtype=dtype)
+    work = np.empty(_core.workspace_size(sizes, 4, False, workers, True), dtype=dtype)
     total, done = _core.train_batches(params, np.empty_like(params), sizes, X, y.astype(np.intp),
                                       np.empty((0, 0), dtype), np.empty(0, np.intp), 4, 0, 4, 0.1, work,
                                       np.empty(4, np.intp), workers)
@@ -132,21 +134,38 @@ def test_training_team_choice(monkeypatch):
     assert network._team(4, 40) == (2, 1)
 
 
+def _spy(monkeypatch, name):
+    """Record the team size of each call of _core.<name>."""
+    teams, real = [], getattr(_core, name)
+    monkeypatch.setattr(_core, name, lambda *args: teams.append(args[-1]) or real(*args))
+    return teams
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("n", [1, 2, 7, 40])
 def test_shared_predictions_and_loss_match_reference(monkeypatch, threads, n, dtype):
-    # Chunks of 5 rows: several chunks, a last short one, and workers with no rows in a chunk.
+    # As inside fit. Chunks of 5 rows: several chunks, a last short one, and workers with no rows.
     monkeypatch.setattr(network, "_MIN_ROWS_PER_WORKER", 1)
     monkeypatch.setattr(network, "_CHUNK_ROWS", 5)
-    teams = []
-    real_predict_proba = _core.predict_proba
-    monkeypatch.setattr(_core, "predict_proba", lambda *args: teams.append(args[-1]) or real_predict_proba(*args))
-    sizes = [9, 11, 13, 6]
-    net = _network(sizes, dtype)
+    proba_teams, loss_teams = _spy(monkeypatch, "predict_proba"), _spy(monkeypatch, "mean_loss")
+    net = _network(SIZES, dtype)
     for targets in ("labels", "soft"):
-        X, y = make_problem(sizes, n, dtype, targets)
-        P = net.predict_proba(X, threads=threads)
+        X, y = make_problem(SIZES, n, dtype, targets)
+        _, labels, target_rows = net._check_data(X, y)
+        P = net._proba(X, threads, team=True)
         assert relative_error(P, reference.forward(net.weights, X)) <= RTOL[dtype]
-        assert net.loss(X, y, threads=threads) == pytest.approx(reference.loss(net.weights, X, y),
-                                                                rel=RTOL[dtype])
-    assert set(teams) == {min(threads, n, 5)}
+        loss = net._mean_loss(X, labels, target_rows, threads, team=True)
+        assert loss == pytest.approx(reference.loss(net.weights, X, y), rel=RTOL[dtype])
+    assert set(proba_teams) == set(loss_teams) == {min(threads, n, 5)}
+
+
+def test_validation_runs_on_fits_team_and_predict_on_blas_threads(monkeypatch):
+    monkeypatch.setattr(network, "_MIN_ROWS_PER_WORKER", 1)
+    proba_teams, loss_teams = _spy(monkeypatch, "predict_proba"), _spy(monkeypatch, "mean_loss")
+    net = _network(SIZES, np.float32)
+    X, y = make_problem(SIZES, 40, np.float32)
+    net.fit(X, y, epochs=2, batch_size=20, threads=2, validation_data=(X, y))
+    assert proba_teams == loss_teams == [2, 2]
+    net.predict_proba(X, threads=2)
+    net.loss(X, y, threads=2)
+    assert proba_teams[-1] == loss_teams[-1] == 1
