@@ -143,6 +143,16 @@ cdef void update_weight_rows(const floating* x, Py_ssize_t m, Py_ssize_t k, cons
             dz, <int>max(1, n), beta, dw + first * n, <int>max(1, n))
 
 
+cdef void update_weight_columns(const floating* x, Py_ssize_t m, Py_ssize_t k, const floating* dz,
+                                Py_ssize_t n, Py_ssize_t first, Py_ssize_t stop, floating* dw,
+                                floating alpha, floating beta) noexcept nogil:
+    """dw[:, first:stop] = beta * dw[:, first:stop] + alpha * x^T . dz[:, first:stop], for x (m x k),
+    dz (m x n) and dw (k x n): columns of the weight gradient (or of the SGD step). Disjoint column ranges
+    can be done at the same time."""
+    gemm_ld(TRANS, NO_TRANS, <int>k, <int>(stop - first), <int>m, alpha, x, <int>max(1, k), dz + first,
+            <int>n, beta, dw + first, <int>n)
+
+
 cdef void update_bias(floating* db, Py_ssize_t n, floating** partial_sums, int n_parts, floating alpha,
                       floating beta) noexcept nogil:
     """db = beta * db + alpha * (the sum of the n_parts partial column sums of the error)."""
@@ -241,9 +251,9 @@ cdef struct Layout:
     # batch, outputs[l] the output of layer l (ReLU applied for hidden layers; logits, then the logit
     # gradient, for the last); deltas[l] is the error at layer l's pre-activation (deltas[n_layers] is
     # outputs[n_layers]). column_sums[w * (n_layers + 1) + l] holds worker w's share of the column sums of
-    # deltas[l], from which layer l's bias gradient is summed. partials[w * (n_layers + 1) + l] (training
-    # by a team only, else NULL) holds worker w's partial sum of layer l's product when the batch is
-    # shared out by features.
+    # deltas[l], from which layer l's bias gradient is summed. For a batch shared out by features (training
+    # by a team only, else NULL): partials[w * (n_layers + 1) + l], l >= 2, holds worker w's partial sum of
+    # layer l's output, and partials[w * (n_layers + 1)] its own copy of the batch's input rows.
     void** outputs
     void** deltas
     void** column_sums
@@ -263,8 +273,8 @@ cdef Py_ssize_t _widest(const Py_ssize_t* sizes, Py_ssize_t n_layers) noexcept n
 
 cdef inline Py_ssize_t _partial_rows(const Py_ssize_t* sizes, Py_ssize_t n_layers,
                                      Py_ssize_t batch) noexcept nogil:
-    """Rows of each partial sum: a batch shared out by features has fewer than widest / 3 rows in any
-    dtype (see _by_features)."""
+    """Rows of each partial sum and private input copy: a batch shared out by features has fewer than
+    widest / 3 rows in any dtype (see _split_by_rows)."""
     return min(batch, _widest(sizes, n_layers) // 3 + 1)
 
 
@@ -278,7 +288,7 @@ cdef Py_ssize_t _workspace_size(const Py_ssize_t* sizes, Py_ssize_t n_layers, Py
     if gather:
         per_row += sizes[0] + sizes[n_layers]
     if training and n_workers > 1:
-        per_worker += _partial_rows(sizes, n_layers, batch) * widths
+        per_worker += _partial_rows(sizes, n_layers, batch) * (sizes[0] + widths - sizes[1])
     return per_row * batch + per_worker * n_workers
 
 
@@ -308,12 +318,13 @@ cdef int _layout(Layout* lay, floating* work, Py_ssize_t work_size, const Py_ssi
         work += batch * sizes[l]
     lay.deltas[n_layers] = lay.outputs[n_layers]
     for w in range(n_workers):
-        lay.column_sums[w * (n_layers + 1)] = lay.partials[w * (n_layers + 1)] = NULL
+        lay.column_sums[w * (n_layers + 1)] = NULL
         for l in range(1, n_layers + 1):
             lay.column_sums[w * (n_layers + 1) + l] = work
             work += sizes[l]
+        for l in range(n_layers + 1):
             lay.partials[w * (n_layers + 1) + l] = NULL
-            if training and n_workers > 1:
+            if training and n_workers > 1 and l != 1:
                 lay.partials[w * (n_layers + 1) + l] = work
                 work += _partial_rows(sizes, n_layers, batch) * sizes[l]
     lay.input_rows = lay.target_rows = NULL
@@ -394,14 +405,16 @@ cdef floating* rule_destination(const UpdateRule* rule, floating* params, floati
 #   computes a block of the layer's weight rows (the last worker also the bias) after a barrier, which
 #   also makes sure every worker has read the weights before anyone updates them. Every worker packs
 #   all the weights for its rows, and reads in the next batch the weight rows the others updated.
-# - by features (_features_batch), when it has few rows: each worker owns a block of every layer's input
-#   features and so the same block of the layer's weight rows. A forward product is split over those
-#   features: each worker multiplies its input columns by its weight rows into a partial sum, and after a
-#   barrier sums the partials over its own block of output columns, which is its block of the next
-#   layer's input. The error passed down and the weight update use only its own weight rows too. So the
-#   weights never move between cores, only activations and errors (batch-sized) do, and no operand is
-#   packed twice. That matters on small batches, where the weights outweigh the activations, and on
-#   machines (like some VMs) where data moving between cores is slow.
+# - by features (_features_batch), when it has few rows: each worker owns a block of every hidden layer's
+#   output features, which is its block of the next layer's input features and weight rows. The first
+#   layer is split by those output columns (each worker reads whole input rows); a later layer's forward
+#   product is split over its input features: each worker multiplies its input columns by its weight rows
+#   into a partial sum, and after a barrier sums the partials over its own block of output columns. The
+#   error passed down and the weight update use only the worker's own weights too. So the weights never
+#   move between cores, and of the activations and errors only those of the layers after the first do;
+#   no large operand is packed twice. That matters on small batches, where the weights outweigh the
+#   activations, and on machines where data moving between cores is slow (on this project's VM a cache
+#   line's round trip between the two vCPUs goes from ~55 ns to ~350 ns for seconds at a time).
 # A last barrier per batch keeps the next batch from overwriting buffers still being read.
 
 cdef struct TeamResult:
@@ -444,11 +457,13 @@ cdef inline Py_ssize_t _block_start(Py_ssize_t width, int member, int team) noex
 cdef inline bint _split_by_rows(Py_ssize_t m, Py_ssize_t width, size_t item_size) noexcept nogil:
     """Whether a batch of m rows through layers up to `width` wide is shared out by rows (else by features).
 
-    By rows from width / 3 rows in float32 and width / 6 in float64, the crossovers measured on the
-    student's network (300 wide). Packing, which the row split repeats, costs less next to the float64
-    products, which are twice as slow.
+    By rows from width / 3 rows in float32 and width / 9 in float64: the crossovers measured on the
+    student's network (300 wide), two workers, in epochs. float32: features faster by 14% at 32 rows and
+    4% at 64, rows by 3% at 128 and 17% at 600. float64: features faster by 6% at 32 (by 2% slower while
+    the cores were close), rows by 8% at 48, 11% at 64 and 17% at 128. The products, not the data moving
+    between cores, dominate sooner in float64, where they are twice as slow.
     """
-    return 3 * m * <Py_ssize_t>item_size >= 4 * width
+    return m * (3 if item_size == 4 else 9) >= width
 
 
 cdef void _sum_partials(floating** partials, int team, Py_ssize_t n, Py_ssize_t first_row,
@@ -577,25 +592,31 @@ cdef bint _rows_batch(const Batch* bt, const floating* params, floating* dest, f
 cdef bint _features_batch(const Batch* bt, const floating* params, floating* dest, floating alpha,
                           floating beta, const floating* X, const floating* targets, Layout* lay,
                           double* batch_loss) noexcept nogil:
-    """Train one batch shared out by features. Returns False, having updated nothing, if its loss is not
-    finite."""
+    """Train one batch shared out by features (a network with a hidden layer). Returns False, having
+    updated nothing, if its loss is not finite.
+
+    The first layer is split by its output columns, which are this worker's block of the next layer's
+    input features: each worker reads whole input rows (its own copy when gathered) and only its own
+    columns of the first layer's weights, output, error and update, so nothing of that layer moves
+    between cores and it needs no barrier. Later layers are split over their input features."""
     cdef const Py_ssize_t* sizes = bt.sizes
     cdef Py_ssize_t n_layers = bt.n_layers, d = sizes[0], n_classes = sizes[n_layers], m = bt.m
     cdef int me = bt.me, team = bt.team, w
     cdef Py_ssize_t first = _share_start(m, me, team), stop_row = _share_start(m, me + 1, team)
-    cdef Py_ssize_t l, k, n_out, offset = 0, f0, f1
+    cdef Py_ssize_t l, k, n_out, offset, f0, f1, j
     cdef floating** my_sums = <floating**>lay.column_sums + me * (n_layers + 1)
     cdef floating* partials[64]   # every worker's partial sum of one layer (team <= MAX_WORKERS)
     cdef floating* mine
+    cdef floating* db
     cdef const floating* x
     cdef const floating* layer_in
     cdef const Py_ssize_t* batch_labels = NULL
     cdef const floating* batch_targets = NULL
     if bt.order != NULL:
-        # Every row, but only this worker's block of features: all it will read of the inputs.
-        _gather_inputs(bt, X, 0, m, _block_start(d, me, team), _block_start(d, me + 1, team), lay)
+        x = <floating*>lay.partials[me * (n_layers + 1)]
+        for l in range(m):
+            memcpy(<floating*>x + l * d, X + bt.order[bt.start + l] * d, d * sizeof(floating))
         _gather_targets(bt, targets, first, stop_row, lay)  # the head does this worker's rows
-        x = <floating*>lay.input_rows
         batch_labels = bt.label_work if bt.labels != NULL else NULL
         batch_targets = NULL if bt.labels != NULL else <floating*>lay.target_rows
     else:
@@ -603,10 +624,14 @@ cdef bint _features_batch(const Batch* bt, const floating* params, floating* des
         batch_labels = bt.labels + bt.start if bt.labels != NULL else NULL
         batch_targets = NULL if bt.labels != NULL else targets + bt.start * n_classes
 
-    layer_in = x
-    for l in range(n_layers):
+    # First layer: this worker's output columns, from whole rows.
+    dense_forward(x, m, d, params, sizes[1], <floating*>lay.outputs[1], True,
+                  _block_start(sizes[1], me, team), _block_start(sizes[1], me + 1, team))
+    offset = (d + 1) * sizes[1]
+    for l in range(1, n_layers):
         k, n_out = sizes[l], sizes[l + 1]
         f0, f1 = _block_start(k, me, team), _block_start(k, me + 1, team)
+        layer_in = <floating*>lay.outputs[l]
         mine = <floating*>lay.partials[me * (n_layers + 1) + l + 1]
         if f1 > f0:
             gemm_ld(NO_TRANS, NO_TRANS, <int>m, <int>n_out, <int>(f1 - f0), <floating>1, layer_in + f0, <int>k,
@@ -625,7 +650,6 @@ cdef bint _features_batch(const Batch* bt, const floating* params, floating* des
             # The head needs whole rows of logits: this worker's rows.
             _sum_partials(partials, team, n_out, first, stop_row, 0, n_out, params + offset + k * n_out,
                           <floating*>lay.outputs[l + 1], False)
-        layer_in = <floating*>lay.outputs[l + 1]
         offset += (k + 1) * n_out
     bt.losses[me * LOSS_STRIDE] = softmax_cross_entropy(
         <floating*>lay.outputs[n_layers] + first * n_classes, stop_row - first, n_classes,
@@ -636,21 +660,27 @@ cdef bint _features_batch(const Batch* bt, const floating* params, floating* des
     if not _batch_loss_is_finite(bt, batch_loss):
         return False
 
-    for l in range(n_layers - 1, -1, -1):
+    for l in range(n_layers - 1, 0, -1):
         k, n_out = sizes[l], sizes[l + 1]
         offset -= (k + 1) * n_out
         f0, f1 = _block_start(k, me, team), _block_start(k, me + 1, team)
-        layer_in = x if l == 0 else <floating*>lay.outputs[l]
-        # Both read this worker's weight rows f0..f1 only, and every row and column of the error (whole
-        # since the last barrier), and the input's columns f0..f1 (this worker's own).
-        if l > 0:
-            propagate_error(<floating*>lay.deltas[l + 1], m, n_out, params + offset, k, layer_in,
-                            <floating*>lay.deltas[l], my_sums[l], f0, f1)
+        layer_in = <floating*>lay.outputs[l]
+        # Both read this worker's weight rows f0..f1 only, every row and column of the error (whole since
+        # the last barrier), and the input's columns f0..f1 (this worker's own).
+        propagate_error(<floating*>lay.deltas[l + 1], m, n_out, params + offset, k, layer_in,
+                        <floating*>lay.deltas[l], my_sums[l], f0, f1)
         update_weight_rows(layer_in, m, k, <floating*>lay.deltas[l + 1], n_out, f0, f1, dest + offset,
                            alpha, beta)
         _update_bias(bt, lay, l, dest + offset + k * n_out, alpha, beta)
-        if l > 0:
-            mlpcore_barrier()  # the error passed down is whole
+        if l > 1:
+            mlpcore_barrier()  # the error passed down is whole for the next layer down
+    # First layer: this worker's columns of the weights and bias, from its columns of the error (and
+    # their sums, whole for those columns).
+    f0, f1 = _block_start(sizes[1], me, team), _block_start(sizes[1], me + 1, team)
+    update_weight_columns(x, m, d, <floating*>lay.deltas[1], sizes[1], f0, f1, dest, alpha, beta)
+    db = dest + d * sizes[1]
+    for j in range(f0, f1):
+        db[j] = (beta * db[j] if beta != 0 else 0) + alpha * my_sums[1][j]
     return True
 
 
@@ -672,7 +702,7 @@ cdef void _train_member(floating* params, floating* grads, const Py_ssize_t* siz
     for b in range(first_batch, stop_batch):
         bt.start = b * batch_size
         bt.m = min(batch_size, n - bt.start)
-        if bt.team > 1 and not _split_by_rows(bt.m, widest, sizeof(floating)):
+        if bt.team > 1 and n_layers > 1 and not _split_by_rows(bt.m, widest, sizeof(floating)):
             trained = _features_batch(&bt, params, dest, alpha, beta, X, targets, lay, &batch_loss)
         else:
             trained = _rows_batch(&bt, params, dest, alpha, beta, X, targets, lay, &batch_loss)
