@@ -5,7 +5,8 @@ What is measured
     Fashion-MNIST (random data of the same shape when it is not installed), at batch sizes 600, 128 and 32,
     in float32 and float64, by:
 
-    - mlpcore: ``net.fit(X, y, epochs=1, batch_size=B, lr=0.1, seed=r, threads=T)``, one shuffle included;
+    - mlpcore: ``net.fit(X, y, epochs=1, batch_size=B, lr=0.1, seed=r, threads=T)``, one shuffle included
+      (T OpenMP workers sharing out each batch, each calling BLAS on one thread);
     - the GEMM floor: only the matrix products of that epoch (forward, weight gradients, errors passed down),
       through ``scipy.linalg.blas`` - the BLAS mlpcore calls - on preallocated operands, no copies (checked
       on a small case at start-up); what mlpcore would take if everything but the products were free;
