@@ -52,10 +52,10 @@ def _team(threads, batch_size):
     (None: every usable core).
 
     The threads are a team of workers that share out each batch's work, each calling BLAS on its share
-    with BLAS itself on one thread: the forward pass, the head and the elementwise passes run in parallel
-    too, not only the products, and each product is split the way that suits its shape (OpenBLAS's own
-    threading splits this network's products poorly). The two kinds of threads are never nested. When
-    the batch is too small to share out, one worker runs and BLAS gets the threads.
+    with BLAS itself on one thread: the gather, the elementwise passes and the head run in parallel too,
+    not only the products, and the work is split so that little data moves between cores (see _core).
+    The two kinds of threads are never nested. When the batch is too small to share out, one worker runs
+    and BLAS gets the threads.
     """
     threads = _usable_cores() if threads is None else threads
     if not _core.OPENMP:

@@ -169,6 +169,25 @@ cdef void update_bias(floating* db, Py_ssize_t n, floating** partial_sums, int n
 # ---------------------------------------------------------------------------------------------------------
 # Softmax-cross-entropy head
 
+cdef inline floating _row_max(const floating* row, Py_ssize_t n) noexcept nogil:
+    cdef floating largest = row[0]
+    cdef Py_ssize_t j
+    for j in range(1, n):
+        if row[j] > largest:
+            largest = row[j]
+    return largest
+
+
+cdef inline floating _exp_shifted(floating* row, Py_ssize_t n, floating shift) noexcept nogil:
+    """Replace row with exp(row - shift); return its sum."""
+    cdef floating total = 0
+    cdef Py_ssize_t j
+    for j in range(n):
+        row[j] = _exp(row[j] - shift)
+        total += row[j]
+    return total
+
+
 cdef double softmax_cross_entropy(floating* z, Py_ssize_t m, Py_ssize_t n_classes,
                                   const Py_ssize_t* labels, const floating* targets,
                                   floating grad_scale, floating* column_sums) noexcept nogil:
@@ -189,10 +208,7 @@ cdef double softmax_cross_entropy(floating* z, Py_ssize_t m, Py_ssize_t n_classe
         memset(column_sums, 0, n_classes * sizeof(floating))
     for i in range(m):
         row = z + i * n_classes
-        zmax = row[0]
-        for j in range(1, n_classes):
-            if row[j] > zmax:
-                zmax = row[j]
+        zmax = _row_max(row, n_classes)
         if labels != NULL:
             y = labels[i]
             weighted_shift = row[y] - zmax
@@ -204,10 +220,7 @@ cdef double softmax_cross_entropy(floating* z, Py_ssize_t m, Py_ssize_t n_classe
             for j in range(n_classes):
                 weighted_shift += t[j] * (row[j] - zmax)
                 target_sum += t[j]
-        s = 0
-        for j in range(n_classes):
-            row[j] = _exp(row[j] - zmax)
-            s += row[j]
+        s = _exp_shifted(row, n_classes, zmax)
         total += target_sum * _log(s) - weighted_shift
         inv_s = 1 / s
         if labels != NULL:
@@ -225,20 +238,12 @@ cdef double softmax_cross_entropy(floating* z, Py_ssize_t m, Py_ssize_t n_classe
 
 cdef void softmax_rows(floating* z, Py_ssize_t m, Py_ssize_t n_classes) noexcept nogil:
     """Replace each row of the logits z (m x K) with its softmax, in place."""
-    cdef floating zmax, s, inv_s
+    cdef floating inv_s
     cdef floating* row
     cdef Py_ssize_t i, j
     for i in range(m):
         row = z + i * n_classes
-        zmax = row[0]
-        for j in range(1, n_classes):
-            if row[j] > zmax:
-                zmax = row[j]
-        s = 0
-        for j in range(n_classes):
-            row[j] = _exp(row[j] - zmax)
-            s += row[j]
-        inv_s = 1 / s
+        inv_s = 1 / _exp_shifted(row, n_classes, _row_max(row, n_classes))
         for j in range(n_classes):
             row[j] *= inv_s
 
@@ -517,6 +522,27 @@ cdef void _gather_targets(const Batch* bt, const floating* targets, Py_ssize_t f
                    n_classes * sizeof(floating))
 
 
+cdef void _head(const Batch* bt, const floating* targets, Py_ssize_t first_row, Py_ssize_t stop_row,
+                Layout* lay, floating* column_sums) noexcept nogil:
+    """The softmax-cross-entropy head on rows first_row..stop_row-1 of the batch's logits: their summed loss
+    into this worker's slot of bt.losses, the logit gradient in their place, its column sums."""
+    cdef Py_ssize_t n_classes = bt.sizes[bt.n_layers]
+    cdef const Py_ssize_t* labels
+    cdef const floating* target_rows
+    if bt.order != NULL:
+        _gather_targets(bt, targets, first_row, stop_row, lay)
+        labels = bt.label_work if bt.labels != NULL else NULL
+        target_rows = <floating*>lay.target_rows
+    else:
+        labels = bt.labels + bt.start if bt.labels != NULL else NULL
+        target_rows = targets + bt.start * n_classes if bt.labels == NULL else NULL
+    bt.losses[bt.me * LOSS_STRIDE] = softmax_cross_entropy(
+        <floating*>lay.outputs[bt.n_layers] + first_row * n_classes, stop_row - first_row, n_classes,
+        labels + first_row if labels != NULL else NULL,
+        target_rows + first_row * n_classes if labels == NULL else NULL, <floating>(1.0 / bt.m),
+        column_sums)
+
+
 cdef bint _batch_loss_is_finite(const Batch* bt, double* batch_loss) noexcept nogil:
     """Sum every worker's loss: called past a barrier since the head by every worker, which all sum the
     same losses in the same order, so all stop together, before any update of a non-finite batch."""
@@ -552,25 +578,14 @@ cdef bint _rows_batch(const Batch* bt, const floating* params, floating* dest, f
     cdef floating** my_sums = <floating**>lay.column_sums + bt.me * (n_layers + 1)
     cdef const floating* x
     cdef const floating* layer_in
-    cdef const Py_ssize_t* batch_labels = NULL
-    cdef const floating* batch_targets = NULL
     if bt.order != NULL:
         _gather_inputs(bt, X, first, first + rows, 0, d, lay)  # this worker's rows, whole
-        _gather_targets(bt, targets, first, first + rows, lay)
         x = <floating*>lay.input_rows
-        batch_labels = bt.label_work if bt.labels != NULL else NULL
-        batch_targets = NULL if bt.labels != NULL else <floating*>lay.target_rows
     else:
         x = X + bt.start * d
-        batch_labels = bt.labels + bt.start if bt.labels != NULL else NULL
-        batch_targets = NULL if bt.labels != NULL else targets + bt.start * n_classes
 
     network_forward(params, sizes, n_layers, x, first, rows, lay, NULL)
-    bt.losses[bt.me * LOSS_STRIDE] = softmax_cross_entropy(
-        <floating*>lay.outputs[n_layers] + first * n_classes, rows, n_classes,
-        batch_labels + first if batch_labels != NULL else NULL,
-        batch_targets + first * n_classes if batch_labels == NULL else NULL, <floating>(1.0 / bt.m),
-        my_sums[n_layers])
+    _head(bt, targets, first, first + rows, lay, my_sums[n_layers])
 
     for l in range(n_layers - 1, -1, -1):
         k, n_out = sizes[l], sizes[l + 1]
@@ -610,19 +625,12 @@ cdef bint _features_batch(const Batch* bt, const floating* params, floating* des
     cdef floating* db
     cdef const floating* x
     cdef const floating* layer_in
-    cdef const Py_ssize_t* batch_labels = NULL
-    cdef const floating* batch_targets = NULL
     if bt.order != NULL:
         x = <floating*>lay.partials[me * (n_layers + 1)]
         for l in range(m):
             memcpy(<floating*>x + l * d, X + bt.order[bt.start + l] * d, d * sizeof(floating))
-        _gather_targets(bt, targets, first, stop_row, lay)  # the head does this worker's rows
-        batch_labels = bt.label_work if bt.labels != NULL else NULL
-        batch_targets = NULL if bt.labels != NULL else <floating*>lay.target_rows
     else:
         x = X + bt.start * d
-        batch_labels = bt.labels + bt.start if bt.labels != NULL else NULL
-        batch_targets = NULL if bt.labels != NULL else targets + bt.start * n_classes
 
     # First layer: this worker's output columns, from whole rows.
     dense_forward(x, m, d, params, sizes[1], <floating*>lay.outputs[1], True,
@@ -651,11 +659,7 @@ cdef bint _features_batch(const Batch* bt, const floating* params, floating* des
             _sum_partials(partials, team, n_out, first, stop_row, 0, n_out, params + offset + k * n_out,
                           <floating*>lay.outputs[l + 1], False)
         offset += (k + 1) * n_out
-    bt.losses[me * LOSS_STRIDE] = softmax_cross_entropy(
-        <floating*>lay.outputs[n_layers] + first * n_classes, stop_row - first, n_classes,
-        batch_labels + first if batch_labels != NULL else NULL,
-        batch_targets + first * n_classes if batch_labels == NULL else NULL, <floating>(1.0 / m),
-        my_sums[n_layers])
+    _head(bt, targets, first, stop_row, lay, my_sums[n_layers])
     mlpcore_barrier()
     if not _batch_loss_is_finite(bt, batch_loss):
         return False
