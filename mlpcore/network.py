@@ -47,6 +47,21 @@ def _blas_threads(threads):
     return _blas_controller.limit(limits=threads, user_api="blas")
 
 
+# GNU libgomp is not fork-safe: a child forked after this process has run a team hangs in its own first
+# team. So such a child runs one worker (with BLAS's threads) from then on.
+_teams_forbidden = False
+_team_started = False
+
+
+def _after_fork_in_child():
+    global _teams_forbidden
+    _teams_forbidden = _teams_forbidden or _team_started
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _team(threads, batch_size):
     """(workers, BLAS threads) for a compiled call on batches of `batch_size` rows, on `threads` threads
     (None: every usable core).
@@ -55,13 +70,18 @@ def _team(threads, batch_size):
     with BLAS itself on one thread: the gather, the elementwise passes and the head run in parallel too,
     not only the products, and the work is split so that little data moves between cores (see _core).
     The two kinds of threads are never nested. When the batch is too small to share out, one worker runs
-    and BLAS gets the threads.
+    and BLAS gets the threads. There are never more workers than usable cores: a worker waiting at a
+    barrier spins, and one without a core of its own stalls the others.
     """
+    global _team_started
     threads = _usable_cores() if threads is None else threads
-    if not _core.OPENMP:
+    if not _core.OPENMP or _teams_forbidden:
         return 1, threads
-    workers = min(threads, _core.MAX_WORKERS, max(1, batch_size // _MIN_ROWS_PER_WORKER))
-    return workers, 1 if workers > 1 else threads
+    workers = min(threads, _usable_cores(), _core.MAX_WORKERS, max(1, batch_size // _MIN_ROWS_PER_WORKER))
+    if workers > 1:
+        _team_started = True
+        return workers, 1
+    return 1, threads
 
 
 def _find_blas_controller():
@@ -196,8 +216,9 @@ class Network:
     # Inference runs on BLAS's threads, except inside fit (team=True), where it runs on fit's team.
     # Measured: a team started within ~0.1 s after a multi-threaded BLAS call shares the cores with
     # OpenBLAS's worker thread, still spinning, and a 10,000-row predict_proba then takes twice as
-    # long; standalone, the team gains nothing over BLAS's own threads on the forward pass. Inside fit,
-    # BLAS stays single-threaded throughout, so its threads never wake to slow the next epoch.
+    # long; standalone, the team gains nothing over BLAS's own threads on the forward pass. Inside a fit
+    # that trains on a team, BLAS stays single-threaded throughout, so its threads never wake to slow
+    # the next epoch.
 
     def _evaluation_team(self, threads, chunk, team):
         return _team(threads, chunk) if team else (1, threads)

@@ -446,6 +446,13 @@ cdef struct Batch:
     int team
 
 
+cdef inline void _barrier(int team) noexcept nogil:
+    """Wait for the team. A team of one never calls OpenMP: the calling thread may belong to a team of
+    someone else's, whose barrier this is not."""
+    if team > 1:
+        mlpcore_barrier()
+
+
 cdef inline Py_ssize_t _share_start(Py_ssize_t count, int member, int team) noexcept nogil:
     """Start of member's share when range(count) is cut into `team` near-equal consecutive parts."""
     return count * member // team
@@ -594,7 +601,7 @@ cdef bint _rows_batch(const Batch* bt, const floating* params, floating* dest, f
         if l > 0:  # the first layer's input is the data: no error is passed into it
             propagate_error(<floating*>lay.deltas[l + 1] + first * n_out, rows, n_out, params + offset, k,
                             layer_in + first * k, <floating*>lay.deltas[l] + first * k, my_sums[l], 0, k)
-        mlpcore_barrier()
+        _barrier(bt.team)
         if l == n_layers - 1 and not _batch_loss_is_finite(bt, batch_loss):
             return False
         update_weight_rows(layer_in, bt.m, k, <floating*>lay.deltas[l + 1], n_out,
@@ -646,7 +653,7 @@ cdef bint _features_batch(const Batch* bt, const floating* params, floating* des
                     params + offset + f0 * n_out, <int>n_out, <floating>0, mine, <int>n_out)
         else:
             memset(mine, 0, m * n_out * sizeof(floating))
-        mlpcore_barrier()
+        _barrier(team)
         for w in range(team):
             partials[w] = <floating*>lay.partials[w * (n_layers + 1) + l + 1]
         if l < n_layers - 1:
@@ -660,7 +667,7 @@ cdef bint _features_batch(const Batch* bt, const floating* params, floating* des
                           <floating*>lay.outputs[l + 1], False)
         offset += (k + 1) * n_out
     _head(bt, targets, first, stop_row, lay, my_sums[n_layers])
-    mlpcore_barrier()
+    _barrier(team)
     if not _batch_loss_is_finite(bt, batch_loss):
         return False
 
@@ -677,7 +684,7 @@ cdef bint _features_batch(const Batch* bt, const floating* params, floating* des
                            alpha, beta)
         _update_bias(bt, lay, l, dest + offset + k * n_out, alpha, beta)
         if l > 1:
-            mlpcore_barrier()  # the error passed down is whole for the next layer down
+            _barrier(team)  # the error passed down is whole for the next layer down
     # First layer: this worker's columns of the weights and bias, from its columns of the error (and
     # their sums, whole for those columns).
     f0, f1 = _block_start(sizes[1], me, team), _block_start(sizes[1], me + 1, team)
@@ -692,8 +699,9 @@ cdef void _train_member(floating* params, floating* grads, const Py_ssize_t* siz
                         const floating* X, Py_ssize_t n, const Py_ssize_t* labels, const floating* targets,
                         const Py_ssize_t* order, Py_ssize_t batch_size, Py_ssize_t first_batch,
                         Py_ssize_t stop_batch, const UpdateRule* rule, Layout* lay,
-                        Py_ssize_t* label_work, double* losses, TeamResult* result) noexcept nogil:
-    """One worker's part of training batches first_batch..stop_batch-1 (see train_batches)."""
+                        Py_ssize_t* label_work, double* losses, TeamResult* result, int me,
+                        int team) noexcept nogil:
+    """Worker `me` of `team`'s part of training batches first_batch..stop_batch-1 (see train_batches)."""
     cdef Batch bt
     cdef Py_ssize_t b, widest = _widest(sizes, n_layers)
     cdef double batch_loss = 0
@@ -702,11 +710,12 @@ cdef void _train_member(floating* params, floating* grads, const Py_ssize_t* siz
     cdef floating* dest = rule_destination(rule, params, grads, &alpha, &beta)
     bt.sizes, bt.n_layers, bt.order, bt.labels = sizes, n_layers, order, labels
     bt.label_work, bt.losses = label_work, losses
-    bt.me, bt.team = mlpcore_member(), mlpcore_team_size()
+    bt.me, bt.team = me, team
     for b in range(first_batch, stop_batch):
         bt.start = b * batch_size
         bt.m = min(batch_size, n - bt.start)
-        if bt.team > 1 and n_layers > 1 and not _split_by_rows(bt.m, widest, sizeof(floating)):
+        if (bt.team > 1 and n_layers > 1 and not _split_by_rows(bt.m, widest, sizeof(floating))
+                and bt.m <= _partial_rows(sizes, n_layers, batch_size)):  # always so; the buffers' bound
             trained = _features_batch(&bt, params, dest, alpha, beta, X, targets, lay, &batch_loss)
         else:
             trained = _rows_batch(&bt, params, dest, alpha, beta, X, targets, lay, &batch_loss)
@@ -715,7 +724,7 @@ cdef void _train_member(floating* params, floating* grads, const Py_ssize_t* siz
         if bt.me == 0:
             result.total += batch_loss
             result.done += 1
-        mlpcore_barrier()
+        _barrier(bt.team)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -780,11 +789,11 @@ def max_abs(const floating[:, ::1] X):
 
 cdef void _evaluate_member(const floating* params, const Py_ssize_t* sizes, Py_ssize_t n_layers,
                            const floating* X, Py_ssize_t n, Py_ssize_t chunk, Layout* lay, floating* out,
-                           const Py_ssize_t* labels, const floating* targets, double* losses) noexcept nogil:
+                           const Py_ssize_t* labels, const floating* targets, double* losses, int me,
+                           int team) noexcept nogil:
     """One worker's share of every `chunk` rows of X: with `out`, its rows of softmax(network(X)); else
     the summed loss of its rows, against `labels` (or the rows of `targets` if NULL), into
     losses[member * LOSS_STRIDE]. The forward pass is row-local: workers wait only between chunks."""
-    cdef int me = mlpcore_member(), team = mlpcore_team_size()
     cdef Py_ssize_t n_classes = sizes[n_layers], c, start, m, first, rows
     cdef floating* logits
     cdef double total = 0
@@ -807,7 +816,7 @@ cdef void _evaluate_member(const floating* params, const Py_ssize_t* sizes, Py_s
                                            <floating>0, NULL)
         # The next chunk's shares need not fall on the same rows of the workspace (the last chunk is
         # shorter): no one starts it before everyone has finished this one.
-        mlpcore_barrier()
+        _barrier(team)
     losses[me * LOSS_STRIDE] = total
 
 
@@ -830,11 +839,11 @@ cdef double _evaluate(const floating[::1] params, const Py_ssize_t[::1] sizes, c
     with nogil:
         if workers == 1:
             _evaluate_member(&params[0], &sizes[0], n_layers, &X[0, 0], X.shape[0], chunk, &lay, out,
-                             labels, targets, losses)
+                             labels, targets, losses, 0, 1)
         else:
             with parallel(num_threads=workers):
                 _evaluate_member(&params[0], &sizes[0], n_layers, &X[0, 0], X.shape[0], chunk, &lay, out,
-                                 labels, targets, losses)
+                                 labels, targets, losses, mlpcore_member(), mlpcore_team_size())
         for w in range(workers):
             total += losses[w * LOSS_STRIDE]
     free(losses)
@@ -904,12 +913,13 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
             # No parallel region at all: the calling thread is a team of one, its barriers no-ops.
             _train_member(&params[0], &grads[0], &sizes[0], n_layers, X_data, X.shape[0], label_data,
                           target_data, order_data, batch_size, first_batch, stop_batch, &rule, &lay,
-                          &label_work[0], losses, &result)
+                          &label_work[0], losses, &result, 0, 1)
         else:
             with parallel(num_threads=workers):
                 _train_member(&params[0], &grads[0], &sizes[0], n_layers, X_data, X.shape[0], label_data,
                               target_data, order_data, batch_size, first_batch, stop_batch, &rule, &lay,
-                              &label_work[0], losses, &result)
+                              &label_work[0], losses, &result, mlpcore_member(),
+                              mlpcore_team_size())
     free(losses)
     _free_layout(&lay)
     return result.total, result.done

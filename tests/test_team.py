@@ -32,8 +32,10 @@ def test_the_batch_sizes_share_out_both_ways():
 
 @pytest.fixture
 def teams(monkeypatch):
-    """Share out every batch, and record the team size of each compiled training call."""
+    """Share out every batch, allow teams larger than the machine, and record the team size of each
+    compiled training call."""
     monkeypatch.setattr(network, "_MIN_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(network, "_usable_cores", lambda: 64)
     sizes_seen = []
     real_train_batches = _core.train_batches
 
@@ -92,23 +94,26 @@ def test_one_and_two_threads_agree_on_the_students_shape(teams, batch_size, dtyp
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
-def test_a_team_stops_together_before_a_batch_with_a_non_finite_loss(workers, dtype):
+@pytest.mark.parametrize("layer_sizes", [[5, 7, 3], [5, 60, 3]])  # batches of 4: by rows, by features
+def test_a_team_stops_together_before_a_batch_with_a_non_finite_loss(workers, layer_sizes, dtype):
     # Rows in order, batches of 4: row 9 overflows the logits, so batch 2 (rows 8..11) is not trained,
     # whichever worker's share holds it; batches 0 and 1 are.
-    sizes = np.array([5, 7, 3], dtype=np.intp)
-    X, y = make_problem([5, 7, 3], 16, dtype)
+    assert _core.split_by_rows(4, layer_sizes[1], np.dtype(dtype).itemsize) == (layer_sizes[1] == 7)
+    sizes = np.array(layer_sizes, dtype=np.intp)
+    X, y = make_problem(layer_sizes, 16, dtype)
     X[9] = np.finfo(dtype).max
-    net = mlpcore.Network([5, 7, 3], dtype=dtype, seed=0)
+    net = mlpcore.Network(layer_sizes, dtype=dtype, seed=0)
     net.weights = [net.weights[0], net.weights[1] * 100]  # row 9's logits reach infinity
-    expected = mlpcore.Network([5, 7, 3], dtype=dtype, seed=0)
+    expected = mlpcore.Network(layer_sizes, dtype=dtype, seed=0)
     expected.weights = net.weights
     for start in (0, 4):
         expected.train_step(X[start:start + 4], y[start:start + 4], lr=0.1)
     params = np.concatenate([W.ravel() for W in net.weights])
     work = np.empty(_core.workspace_size(sizes, 4, False, workers, True), dtype=dtype)
-    total, done = _core.train_batches(params, np.empty_like(params), sizes, X, y.astype(np.intp),
-                                      np.empty((0, 0), dtype), np.empty(0, np.intp), 4, 0, 4, 0.1, work,
-                                      np.empty(4, np.intp), workers)
+    with network._blas_threads(1):  # as the core requires of a team
+        total, done = _core.train_batches(params, np.empty_like(params), sizes, X, y.astype(np.intp),
+                                          np.empty((0, 0), dtype), np.empty(0, np.intp), 4, 0, 4, 0.1, work,
+                                          np.empty(4, np.intp), workers)
     assert done == 2
     assert np.isfinite(total)
     expected_params = np.concatenate([W.ravel() for W in expected.weights])
@@ -129,9 +134,66 @@ def test_training_team_choice(monkeypatch):
     assert network._team(None, 600) == (4, 1)
     assert network._team(2, 600) == (2, 1)
     assert network._team(1, 600) == (1, 1)
+    # Never more workers than cores: BLAS gets the threads beyond them.
+    assert network._team(8, 600) == (4, 1)
     # Too few rows to share out: one worker, and BLAS gets the threads.
     assert network._team(None, 8) == (1, 4)
     assert network._team(4, 40) == (2, 1)
+
+
+@pytest.mark.parametrize("batch_size", [3, 50])  # by features, by rows
+def test_a_team_gives_the_same_weights_every_time(teams, batch_size):
+    X, y = make_problem(SIZES, N_ROWS, np.float32, seed=2)
+    results = []
+    for _ in range(3):
+        net = mlpcore.Network(SIZES, dtype="float32", seed=0)
+        net.fit(X, y, epochs=2, batch_size=batch_size, lr=0.05, seed=1, threads=3)
+        results.append(net.weights)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("layer_sizes", [[40, 5], [40, 70, 4]])
+def test_shared_float32_fit_matches_reference(teams, layer_sizes):
+    # float32 over a few batches, with and without a hidden layer (one layer: always by rows).
+    net = _network(layer_sizes, np.float32, seed=5)
+    net.weights = [W / 50 for W in net.weights]
+    X, y = make_problem(layer_sizes, N_ROWS, np.float32, seed=6)
+    ref_weights = [W.astype(np.float64) for W in net.weights]
+    net.fit(X, y, epochs=1, batch_size=10, lr=0.05, seed=3, threads=3)
+    _reference_fit(ref_weights, X.astype(np.float64), y, 1, 10, 0.05, seed=3)
+    assert set(teams) == {3}
+    for W, ref_W in zip(net.weights, ref_weights):
+        assert relative_error(W, ref_W) <= 1e-4
+
+
+def _fit_in_child(queue):
+    X, y = make_problem(SIZES, N_ROWS, np.float32)
+    net = mlpcore.Network(SIZES, dtype="float32", seed=0)
+    net.fit(X, y, epochs=1, batch_size=50, threads=2)
+    queue.put(network._team(2, 50))
+
+
+def test_a_child_forked_after_a_team_trains_on_one_worker(monkeypatch):
+    # GNU OpenMP hangs in a forked child's first team once the parent has run one.
+    mp = pytest.importorskip("multiprocessing")
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    monkeypatch.setattr(network, "_usable_cores", lambda: 2)
+    X, y = make_problem(SIZES, N_ROWS, np.float32)
+    mlpcore.Network(SIZES, dtype="float32", seed=0).fit(X, y, epochs=1, batch_size=50, threads=2)
+    assert network._team(2, 50) == (2, 1)
+    context = mp.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_fit_in_child, args=(queue,))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung in its training")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == (1, 2)
 
 
 def _spy(monkeypatch, name):
@@ -146,6 +208,7 @@ def _spy(monkeypatch, name):
 def test_shared_predictions_and_loss_match_reference(monkeypatch, threads, n, dtype):
     # As inside fit. Chunks of 5 rows: several chunks, a last short one, and workers with no rows.
     monkeypatch.setattr(network, "_MIN_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(network, "_usable_cores", lambda: 64)
     monkeypatch.setattr(network, "_CHUNK_ROWS", 5)
     proba_teams, loss_teams = _spy(monkeypatch, "predict_proba"), _spy(monkeypatch, "mean_loss")
     net = _network(SIZES, dtype)
@@ -161,6 +224,7 @@ def test_shared_predictions_and_loss_match_reference(monkeypatch, threads, n, dt
 
 def test_validation_runs_on_fits_team_and_predict_on_blas_threads(monkeypatch):
     monkeypatch.setattr(network, "_MIN_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(network, "_usable_cores", lambda: 64)
     proba_teams, loss_teams = _spy(monkeypatch, "predict_proba"), _spy(monkeypatch, "mean_loss")
     net = _network(SIZES, np.float32)
     X, y = make_problem(SIZES, 40, np.float32)
