@@ -153,13 +153,14 @@ cdef void update_weight_columns(const floating* x, Py_ssize_t m, Py_ssize_t k, c
             <int>n, beta, dw + first, <int>n)
 
 
-cdef void update_bias(floating* db, Py_ssize_t n, floating** partial_sums, int n_parts, floating alpha,
-                      floating beta) noexcept nogil:
-    """db = beta * db + alpha * (the sum of the n_parts partial column sums of the error)."""
+cdef void update_bias(floating* db, Py_ssize_t first, Py_ssize_t stop, floating** partial_sums, int n_parts,
+                      floating alpha, floating beta) noexcept nogil:
+    """db[j] = beta * db[j] + alpha * (the sum of the n_parts partial column sums of the error at j), for
+    j in first..stop-1."""
     cdef Py_ssize_t j
     cdef int p
     cdef floating total
-    for j in range(n):
+    for j in range(first, stop):
         total = 0
         for p in range(n_parts):
             total += partial_sums[p][j]
@@ -255,10 +256,11 @@ cdef struct Layout:
     # Pointers into the workspace. outputs and deltas have n_layers + 1 entries: outputs[0] is the input
     # batch, outputs[l] the output of layer l (ReLU applied for hidden layers; logits, then the logit
     # gradient, for the last); deltas[l] is the error at layer l's pre-activation (deltas[n_layers] is
-    # outputs[n_layers]). column_sums[w * (n_layers + 1) + l] holds worker w's share of the column sums of
-    # deltas[l], from which layer l's bias gradient is summed. For a batch shared out by features (training
-    # by a team only, else NULL): partials[w * (n_layers + 1) + l], l >= 2, holds worker w's partial sum of
-    # layer l's output, and partials[w * (n_layers + 1)] its own copy of the batch's input rows.
+    # outputs[n_layers]). Per worker w, at [l * n_workers + w] so that one layer's are an array in worker
+    # order (see _of_layer): column_sums, worker w's share of the column sums of deltas[l], from which
+    # layer l's bias gradient is summed; and, for a batch shared out by features (training by a team
+    # only, else NULL), partials: for l >= 2 worker w's partial sum of layer l's output, for l = 0 its own
+    # copy of the batch's input rows.
     void** outputs
     void** deltas
     void** column_sums
@@ -323,14 +325,14 @@ cdef int _layout(Layout* lay, floating* work, Py_ssize_t work_size, const Py_ssi
         work += batch * sizes[l]
     lay.deltas[n_layers] = lay.outputs[n_layers]
     for w in range(n_workers):
-        lay.column_sums[w * (n_layers + 1)] = NULL
+        lay.column_sums[w] = NULL
         for l in range(1, n_layers + 1):
-            lay.column_sums[w * (n_layers + 1) + l] = work
+            lay.column_sums[l * n_workers + w] = work
             work += sizes[l]
         for l in range(n_layers + 1):
-            lay.partials[w * (n_layers + 1) + l] = NULL
+            lay.partials[l * n_workers + w] = NULL
             if training and n_workers > 1 and l != 1:
-                lay.partials[w * (n_layers + 1) + l] = work
+                lay.partials[l * n_workers + w] = work
                 work += _partial_rows(sizes, n_layers, batch) * sizes[l]
     lay.input_rows = lay.target_rows = NULL
     if gather:
@@ -353,7 +355,12 @@ cdef int _layout_or_raise(Layout* lay, floating[::1] work, const Py_ssize_t[::1]
 
 cdef void _free_layout(Layout* lay) noexcept nogil:
     free(lay.outputs)
-    lay.outputs = lay.deltas = lay.column_sums = NULL
+    lay.outputs = lay.deltas = lay.column_sums = lay.partials = NULL
+
+
+cdef inline void** _of_layer(const Layout* lay, void** per_worker, Py_ssize_t layer) noexcept nogil:
+    """Every worker's buffer of `layer` in lay.column_sums or lay.partials, in worker order."""
+    return per_worker + layer * lay.n_workers
 
 
 cdef void network_forward(const floating* params, const Py_ssize_t* sizes, Py_ssize_t n_layers,
@@ -429,7 +436,7 @@ cdef struct TeamResult:
 
 cdef enum:
     LOSS_STRIDE = 8     # each worker's batch loss sits on its own cache line (8 doubles apart)
-    BLOCK_ALIGN = 16    # feature blocks start on multiples of 16 items (64 bytes or more): no false sharing
+    BLOCK_ALIGN = 16    # feature blocks start on multiples of 16 items: fewer cache lines shared by workers
 
 
 cdef struct Batch:
@@ -503,17 +510,12 @@ cdef void _sum_partials(floating** partials, int team, Py_ssize_t n, Py_ssize_t 
                 out_row[j] = v if v > 0 else 0
 
 
-cdef void _gather_inputs(const Batch* bt, const floating* X, Py_ssize_t first_row, Py_ssize_t stop_row,
-                         Py_ssize_t first_col, Py_ssize_t stop_col, Layout* lay) noexcept nogil:
-    """Copy columns first_col..stop_col-1 of the batch's rows first_row..stop_row-1 of X (through
-    bt.order) into lay.input_rows."""
+cdef void _gather_rows(const Batch* bt, const floating* X, Py_ssize_t first_row, Py_ssize_t stop_row,
+                       floating* dest) noexcept nogil:
+    """Copy the batch's rows first_row..stop_row-1 of X (through bt.order) into the same rows of dest."""
     cdef Py_ssize_t d = bt.sizes[0], i
-    cdef floating* input_rows = <floating*>lay.input_rows
-    if stop_col <= first_col:
-        return
     for i in range(first_row, stop_row):
-        memcpy(input_rows + i * d + first_col, X + bt.order[bt.start + i] * d + first_col,
-               (stop_col - first_col) * sizeof(floating))
+        memcpy(dest + i * d, X + bt.order[bt.start + i] * d, d * sizeof(floating))
 
 
 cdef void _gather_targets(const Batch* bt, const floating* targets, Py_ssize_t first_row,
@@ -563,13 +565,9 @@ cdef bint _batch_loss_is_finite(const Batch* bt, double* batch_loss) noexcept no
 cdef void _update_bias(const Batch* bt, Layout* lay, Py_ssize_t layer, floating* db, floating alpha,
                        floating beta) noexcept nogil:
     """The last worker updates layer `layer`'s bias from every worker's column sums of its error."""
-    cdef floating* all_sums[64]   # team <= MAX_WORKERS
-    cdef int w
-    if bt.me != bt.team - 1:
-        return
-    for w in range(bt.team):
-        all_sums[w] = <floating*>lay.column_sums[w * (bt.n_layers + 1) + layer + 1]
-    update_bias(db, bt.sizes[layer + 1], all_sums, bt.team, alpha, beta)
+    if bt.me == bt.team - 1:
+        update_bias(db, 0, bt.sizes[layer + 1], <floating**>_of_layer(lay, lay.column_sums, layer + 1),
+                    bt.team, alpha, beta)
 
 
 cdef bint _rows_batch(const Batch* bt, const floating* params, floating* dest, floating alpha,
@@ -578,21 +576,20 @@ cdef bint _rows_batch(const Batch* bt, const floating* params, floating* dest, f
     """Train one batch shared out by rows. Returns False, having updated nothing, if its loss is not
     finite."""
     cdef const Py_ssize_t* sizes = bt.sizes
-    cdef Py_ssize_t n_layers = bt.n_layers, d = sizes[0], n_classes = sizes[n_layers]
+    cdef Py_ssize_t n_layers = bt.n_layers, d = sizes[0]
     cdef Py_ssize_t first = _share_start(bt.m, bt.me, bt.team)
     cdef Py_ssize_t rows = _share_start(bt.m, bt.me + 1, bt.team) - first
     cdef Py_ssize_t l, k, n_out, offset = _n_weights(sizes, n_layers)
-    cdef floating** my_sums = <floating**>lay.column_sums + bt.me * (n_layers + 1)
     cdef const floating* x
     cdef const floating* layer_in
     if bt.order != NULL:
-        _gather_inputs(bt, X, first, first + rows, 0, d, lay)  # this worker's rows, whole
         x = <floating*>lay.input_rows
+        _gather_rows(bt, X, first, first + rows, <floating*>x)  # this worker's rows
     else:
         x = X + bt.start * d
 
     network_forward(params, sizes, n_layers, x, first, rows, lay, NULL)
-    _head(bt, targets, first, first + rows, lay, my_sums[n_layers])
+    _head(bt, targets, first, first + rows, lay, (<floating**>_of_layer(lay, lay.column_sums, n_layers))[bt.me])
 
     for l in range(n_layers - 1, -1, -1):
         k, n_out = sizes[l], sizes[l + 1]
@@ -600,7 +597,8 @@ cdef bint _rows_batch(const Batch* bt, const floating* params, floating* dest, f
         layer_in = x if l == 0 else <floating*>lay.outputs[l]
         if l > 0:  # the first layer's input is the data: no error is passed into it
             propagate_error(<floating*>lay.deltas[l + 1] + first * n_out, rows, n_out, params + offset, k,
-                            layer_in + first * k, <floating*>lay.deltas[l] + first * k, my_sums[l], 0, k)
+                            layer_in + first * k, <floating*>lay.deltas[l] + first * k,
+                            (<floating**>_of_layer(lay, lay.column_sums, l))[bt.me], 0, k)
         _barrier(bt.team)
         if l == n_layers - 1 and not _batch_loss_is_finite(bt, batch_loss):
             return False
@@ -622,20 +620,16 @@ cdef bint _features_batch(const Batch* bt, const floating* params, floating* des
     columns of the first layer's weights, output, error and update, so nothing of that layer moves
     between cores and it needs no barrier. Later layers are split over their input features."""
     cdef const Py_ssize_t* sizes = bt.sizes
-    cdef Py_ssize_t n_layers = bt.n_layers, d = sizes[0], n_classes = sizes[n_layers], m = bt.m
-    cdef int me = bt.me, team = bt.team, w
+    cdef Py_ssize_t n_layers = bt.n_layers, d = sizes[0], m = bt.m
+    cdef int me = bt.me, team = bt.team
     cdef Py_ssize_t first = _share_start(m, me, team), stop_row = _share_start(m, me + 1, team)
-    cdef Py_ssize_t l, k, n_out, offset, f0, f1, j
-    cdef floating** my_sums = <floating**>lay.column_sums + me * (n_layers + 1)
-    cdef floating* partials[64]   # every worker's partial sum of one layer (team <= MAX_WORKERS)
-    cdef floating* mine
-    cdef floating* db
+    cdef Py_ssize_t l, k, n_out, offset, f0, f1
+    cdef floating** partials
     cdef const floating* x
     cdef const floating* layer_in
     if bt.order != NULL:
-        x = <floating*>lay.partials[me * (n_layers + 1)]
-        for l in range(m):
-            memcpy(<floating*>x + l * d, X + bt.order[bt.start + l] * d, d * sizeof(floating))
+        x = (<floating**>_of_layer(lay, lay.partials, 0))[me]  # this worker's own copy of every row
+        _gather_rows(bt, X, 0, m, <floating*>x)
     else:
         x = X + bt.start * d
 
@@ -647,15 +641,13 @@ cdef bint _features_batch(const Batch* bt, const floating* params, floating* des
         k, n_out = sizes[l], sizes[l + 1]
         f0, f1 = _block_start(k, me, team), _block_start(k, me + 1, team)
         layer_in = <floating*>lay.outputs[l]
-        mine = <floating*>lay.partials[me * (n_layers + 1) + l + 1]
+        partials = <floating**>_of_layer(lay, lay.partials, l + 1)
         if f1 > f0:
             gemm_ld(NO_TRANS, NO_TRANS, <int>m, <int>n_out, <int>(f1 - f0), <floating>1, layer_in + f0, <int>k,
-                    params + offset + f0 * n_out, <int>n_out, <floating>0, mine, <int>n_out)
+                    params + offset + f0 * n_out, <int>n_out, <floating>0, partials[me], <int>n_out)
         else:
-            memset(mine, 0, m * n_out * sizeof(floating))
+            memset(partials[me], 0, m * n_out * sizeof(floating))
         _barrier(team)
-        for w in range(team):
-            partials[w] = <floating*>lay.partials[w * (n_layers + 1) + l + 1]
         if l < n_layers - 1:
             # This worker's block of the next layer's input features: all it will read of it.
             _sum_partials(partials, team, n_out, 0, m, _block_start(n_out, me, team),
@@ -666,7 +658,7 @@ cdef bint _features_batch(const Batch* bt, const floating* params, floating* des
             _sum_partials(partials, team, n_out, first, stop_row, 0, n_out, params + offset + k * n_out,
                           <floating*>lay.outputs[l + 1], False)
         offset += (k + 1) * n_out
-    _head(bt, targets, first, stop_row, lay, my_sums[n_layers])
+    _head(bt, targets, first, stop_row, lay, (<floating**>_of_layer(lay, lay.column_sums, n_layers))[me])
     _barrier(team)
     if not _batch_loss_is_finite(bt, batch_loss):
         return False
@@ -679,7 +671,7 @@ cdef bint _features_batch(const Batch* bt, const floating* params, floating* des
         # Both read this worker's weight rows f0..f1 only, every row and column of the error (whole since
         # the last barrier), and the input's columns f0..f1 (this worker's own).
         propagate_error(<floating*>lay.deltas[l + 1], m, n_out, params + offset, k, layer_in,
-                        <floating*>lay.deltas[l], my_sums[l], f0, f1)
+                        <floating*>lay.deltas[l], (<floating**>_of_layer(lay, lay.column_sums, l))[me], f0, f1)
         update_weight_rows(layer_in, m, k, <floating*>lay.deltas[l + 1], n_out, f0, f1, dest + offset,
                            alpha, beta)
         _update_bias(bt, lay, l, dest + offset + k * n_out, alpha, beta)
@@ -689,9 +681,8 @@ cdef bint _features_batch(const Batch* bt, const floating* params, floating* des
     # their sums, whole for those columns).
     f0, f1 = _block_start(sizes[1], me, team), _block_start(sizes[1], me + 1, team)
     update_weight_columns(x, m, d, <floating*>lay.deltas[1], sizes[1], f0, f1, dest, alpha, beta)
-    db = dest + d * sizes[1]
-    for j in range(f0, f1):
-        db[j] = (beta * db[j] if beta != 0 else 0) + alpha * my_sums[1][j]
+    update_bias(dest + d * sizes[1], f0, f1, <floating**>_of_layer(lay, lay.column_sums, 1) + me, 1, alpha,
+                beta)
     return True
 
 
@@ -704,6 +695,9 @@ cdef void _train_member(floating* params, floating* grads, const Py_ssize_t* siz
     """Worker `me` of `team`'s part of training batches first_batch..stop_batch-1 (see train_batches)."""
     cdef Batch bt
     cdef Py_ssize_t b, widest = _widest(sizes, n_layers)
+    # The feature scheme needs a team, a hidden layer, and fits at most _partial_rows rows (always so
+    # when _split_by_rows says features; the bound of its buffers all the same).
+    cdef Py_ssize_t feature_rows = _partial_rows(sizes, n_layers, batch_size) if team > 1 and n_layers > 1 else 0
     cdef double batch_loss = 0
     cdef bint trained
     cdef floating alpha, beta
@@ -714,8 +708,7 @@ cdef void _train_member(floating* params, floating* grads, const Py_ssize_t* siz
     for b in range(first_batch, stop_batch):
         bt.start = b * batch_size
         bt.m = min(batch_size, n - bt.start)
-        if (bt.team > 1 and n_layers > 1 and not _split_by_rows(bt.m, widest, sizeof(floating))
-                and bt.m <= _partial_rows(sizes, n_layers, batch_size)):  # always so; the buffers' bound
+        if bt.m <= feature_rows and not _split_by_rows(bt.m, widest, sizeof(floating)):
             trained = _features_batch(&bt, params, dest, alpha, beta, X, targets, lay, &batch_loss)
         else:
             trained = _rows_batch(&bt, params, dest, alpha, beta, X, targets, lay, &batch_loss)
@@ -735,8 +728,8 @@ MAX_WORKERS = 64
 
 
 def split_by_rows(Py_ssize_t m, Py_ssize_t width, Py_ssize_t item_size):
-    """Whether training shares out a product of m rows and `width` columns by rows (else by columns),
-    for items of item_size bytes (4: float32, 8: float64)."""
+    """Whether training shares out a batch of m rows through layers up to `width` wide by rows (else by
+    features), for items of item_size bytes (4: float32, 8: float64)."""
     return _split_by_rows(m, width, item_size)
 
 
@@ -787,6 +780,26 @@ def max_abs(const floating[:, ::1] X):
         return f64
 
 
+cdef double* _prepare_team(Layout* lay, floating[::1] work, const Py_ssize_t[::1] sizes, Py_ssize_t batch,
+                           bint gather, int workers, bint training) except NULL:
+    """Check the team size, lay out the workspace, and return a zeroed slot for each worker's summed loss
+    (LOSS_STRIDE apart). _release_team frees both."""
+    cdef double* losses
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"workers must be in [1, {MAX_WORKERS}], got {workers}")
+    _layout_or_raise(lay, work, sizes, batch, gather, workers, training)
+    losses = <double*>calloc(workers * LOSS_STRIDE, sizeof(double))
+    if losses == NULL:
+        _free_layout(lay)
+        raise MemoryError()
+    return losses
+
+
+cdef void _release_team(Layout* lay, double* losses) noexcept nogil:
+    free(losses)
+    _free_layout(lay)
+
+
 cdef void _evaluate_member(const floating* params, const Py_ssize_t* sizes, Py_ssize_t n_layers,
                            const floating* X, Py_ssize_t n, Py_ssize_t chunk, Layout* lay, floating* out,
                            const Py_ssize_t* labels, const floating* targets, double* losses, int me,
@@ -829,13 +842,7 @@ cdef double _evaluate(const floating[::1] params, const Py_ssize_t[::1] sizes, c
     cdef double* losses
     cdef int w
     cdef Layout lay
-    if not 1 <= workers <= MAX_WORKERS:
-        raise ValueError(f"workers must be in [1, {MAX_WORKERS}], got {workers}")
-    _layout_or_raise(&lay, work, sizes, chunk, False, workers, False)
-    losses = <double*>calloc(workers * LOSS_STRIDE, sizeof(double))
-    if losses == NULL:
-        _free_layout(&lay)
-        raise MemoryError()
+    losses = _prepare_team(&lay, work, sizes, chunk, False, workers, False)
     with nogil:
         if workers == 1:
             _evaluate_member(&params[0], &sizes[0], n_layers, &X[0, 0], X.shape[0], chunk, &lay, out,
@@ -846,8 +853,7 @@ cdef double _evaluate(const floating[::1] params, const Py_ssize_t[::1] sizes, c
                                  labels, targets, losses, mlpcore_member(), mlpcore_team_size())
         for w in range(workers):
             total += losses[w * LOSS_STRIDE]
-    free(losses)
-    _free_layout(&lay)
+    _release_team(&lay, losses)
     return total
 
 
@@ -898,16 +904,10 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     cdef UpdateRule rule
     cdef TeamResult result
     cdef Layout lay
-    if not 1 <= workers <= MAX_WORKERS:
-        raise ValueError(f"workers must be in [1, {MAX_WORKERS}], got {workers}")
     rule.kind = RULE_SGD if lr > 0 else RULE_GRADIENT_ONLY
     rule.lr = lr
     result.total, result.done = 0, 0
-    _layout_or_raise(&lay, work, sizes, batch_size, gather, workers, True)
-    losses = <double*>malloc(workers * LOSS_STRIDE * sizeof(double))
-    if losses == NULL:
-        _free_layout(&lay)
-        raise MemoryError()
+    losses = _prepare_team(&lay, work, sizes, batch_size, gather, workers, True)
     with nogil:
         if workers == 1:
             # No parallel region at all: the calling thread is a team of one, its barriers no-ops.
@@ -920,6 +920,5 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
                               target_data, order_data, batch_size, first_batch, stop_batch, &rule, &lay,
                               &label_work[0], losses, &result, mlpcore_member(),
                               mlpcore_team_size())
-    free(losses)
-    _free_layout(&lay)
+    _release_team(&lay, losses)
     return result.total, result.done
