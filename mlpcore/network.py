@@ -84,6 +84,18 @@ def _team(threads, batch_size):
     return 1, threads
 
 
+def _inference_team(threads, chunk, team):
+    """(workers, BLAS threads) for inference: BLAS's threads, except inside fit (team=True), on fit's team.
+
+    Measured: a team started within ~0.1 s after a multi-threaded BLAS call shares the cores with
+    OpenBLAS's worker thread, still spinning, and a 10,000-row predict_proba then takes twice as long;
+    standalone, the team gains nothing over BLAS's own threads on the forward pass. Inside a fit that
+    trains on a team, BLAS stays single-threaded throughout, so its threads never wake to slow the next
+    epoch.
+    """
+    return _team(threads, chunk) if team else (1, threads)
+
+
 def _find_blas_controller():
     """A threadpoolctl controller for the BLAS behind scipy.linalg.cython_blas.
 
@@ -213,19 +225,9 @@ class Network:
         X, labels, targets = self._check_data(X, y)
         return self._mean_loss(X, labels, targets, check.check_threads(threads))
 
-    # Inference runs on BLAS's threads, except inside fit (team=True), where it runs on fit's team.
-    # Measured: a team started within ~0.1 s after a multi-threaded BLAS call shares the cores with
-    # OpenBLAS's worker thread, still spinning, and a 10,000-row predict_proba then takes twice as
-    # long; standalone, the team gains nothing over BLAS's own threads on the forward pass. Inside a fit
-    # that trains on a team, BLAS stays single-threaded throughout, so its threads never wake to slow
-    # the next epoch.
-
-    def _evaluation_team(self, threads, chunk, team):
-        return _team(threads, chunk) if team else (1, threads)
-
     def _proba(self, X, threads, team=False):
         chunk = min(X.shape[0], _CHUNK_ROWS)
-        workers, blas_threads = self._evaluation_team(threads, chunk, team)
+        workers, blas_threads = _inference_team(threads, chunk, team)
         out = np.empty((X.shape[0], self.n_classes), dtype=self.dtype)
         with _blas_threads(blas_threads):
             _core.predict_proba(self._params, self._sizes, X, out, self._chunk_workspace(chunk, workers),
@@ -239,7 +241,7 @@ class Network:
 
     def _mean_loss(self, X, labels, targets, threads, team=False):
         chunk = min(X.shape[0], _CHUNK_ROWS)
-        workers, blas_threads = self._evaluation_team(threads, chunk, team)
+        workers, blas_threads = _inference_team(threads, chunk, team)
         with _blas_threads(blas_threads):
             return _core.mean_loss(self._params, self._sizes, X, *self._target_args(labels, targets),
                                    self._chunk_workspace(chunk, workers), chunk, workers)

@@ -30,21 +30,20 @@ def test_the_batch_sizes_share_out_both_ways():
         (False, False), (True, False), (True, False)]
 
 
+def _spy(monkeypatch, name):
+    """Record the team size of each call of _core.<name>."""
+    teams, real = [], getattr(_core, name)
+    monkeypatch.setattr(_core, name, lambda *args: teams.append(args[-1]) or real(*args))
+    return teams
+
+
 @pytest.fixture
 def teams(monkeypatch):
     """Share out every batch, allow teams larger than the machine, and record the team size of each
     compiled training call."""
     monkeypatch.setattr(network, "_MIN_ROWS_PER_WORKER", 1)
     monkeypatch.setattr(network, "_usable_cores", lambda: 64)
-    sizes_seen = []
-    real_train_batches = _core.train_batches
-
-    def train_batches(*args):
-        sizes_seen.append(args[-1])
-        return real_train_batches(*args)
-
-    monkeypatch.setattr(_core, "train_batches", train_batches)
-    return sizes_seen
+    return _spy(monkeypatch, "train_batches")
 
 
 @pytest.mark.parametrize("threads", [2, 3, 4])
@@ -194,13 +193,6 @@ def test_a_child_forked_after_a_team_trains_on_one_worker(monkeypatch):
         pytest.fail("the forked child hung in its training")
     assert child.exitcode == 0
     assert queue.get(timeout=5) == (1, 2)
-
-
-def _spy(monkeypatch, name):
-    """Record the team size of each call of _core.<name>."""
-    teams, real = [], getattr(_core, name)
-    monkeypatch.setattr(_core, name, lambda *args: teams.append(args[-1]) or real(*args))
-    return teams
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
