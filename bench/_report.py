@@ -101,7 +101,8 @@ def table(run):
     s, load = run["settings"], run["load_average_before_after"]
     lines = [
         f"mlpcore benchmark: {'/'.join(map(str, s['layers']))}, plain SGD lr {s['lr']}, "
-        f"{s['threads']} BLAS thread(s), {s['repeats']} repeat(s), interleaved; data: {run['source']}",
+        f"{s['threads']} BLAS thread(s), {s['repeats']} repeat(s), interleaved, "
+        f"{s.get('settle', 0):g} s idle before each; data: {run['source']}",
         "",
         f"Training, one epoch over {s['rows']} rows",
         f"{'batch':>5}  {'dtype':<7}  {'implementation':<15} {'median s':>9}  {'min-max s':<17} "

@@ -27,6 +27,11 @@ How
     case in turn, core group then PyTorch then scikit-learn, in reverse order on odd repeats (A B ... B A), so
     that the cases' times of one repeat are measured side by side; ratios are the medians over repeats of
     those paired ratios. Every process uses the same thread count for BLAS, OpenMP and torch.
+    Before each timed case the machine is left idle for --settle seconds: a library's idle threads go on
+    spinning after its last call (OpenBLAS's pool for 2^28 TSC cycles, about 0.1 s here), and on a 2-core
+    machine the next case would pay for them. Seen here: mlpcore's epoch at batch 128 took 0.62-0.66 s
+    right after the floor's and 0.57-0.59 s after 0.5 s idle; with OPENBLAS_THREAD_TIMEOUT=4 both were
+    0.57-0.59 s.
 
 Output
     A table on stdout (median seconds, min-max, ratio to the GEMM floor of the same dtype, GFLOP/s counting
@@ -57,9 +62,9 @@ PEERS = ("torch", "sklearn")
 
 #: Sizes of the full run and of --quick.
 FULL = {"rows": 60000, "infer_rows": 10000, "repeats": 5, "batch_sizes": [600, 128, 32],
-        "reference_batches": 200, "infer_calls": 5, "warmup_rows": 6000}
+        "reference_batches": 200, "infer_calls": 5, "warmup_rows": 6000, "settle": 0.3}
 QUICK = {"rows": 1000, "infer_rows": 500, "repeats": 1, "batch_sizes": [600, 128],
-         "reference_batches": 5, "infer_calls": 2, "warmup_rows": 1}
+         "reference_batches": 5, "infer_calls": 2, "warmup_rows": 1, "settle": 0.0}
 #: Batch size of the memory probe's fit.
 MEMORY_BATCH = 600
 
@@ -118,11 +123,16 @@ def parse_args(argv):
     parser.add_argument("--dtypes", nargs="+", choices=["float32", "float64"], default=["float32", "float64"])
     parser.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS),
                         help="peers to compare with, when installed (default: all; none: --peers alone)")
+    parser.add_argument("--settle", type=float, metavar="SECONDS",
+                        help=f"idle time before each timed case, for the previous case's idle threads to stop "
+                             f"spinning (default {FULL['settle']}, {QUICK['settle']} with --quick)")
     parser.add_argument("--out", type=Path, default=BENCH / "results", help="output folder (default %(default)s)")
     args = parser.parse_args(argv)
     for name in ("threads", "repeats"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.settle is not None and not 0 <= args.settle <= 60:
+        parser.error("--settle must be between 0 and 60 seconds")
     if args.batch_sizes and min(args.batch_sizes) < 1:
         parser.error("batch sizes must be at least 1")
     return args
@@ -132,6 +142,7 @@ def settings_of(args):
     """Everything the workers and the report need to know about this run."""
     sizes = dict(QUICK if args.quick else FULL)
     sizes["repeats"] = args.repeats or sizes["repeats"]
+    sizes["settle"] = sizes["settle"] if args.settle is None else args.settle
     sizes["batch_sizes"] = list(dict.fromkeys(args.batch_sizes or sizes["batch_sizes"]))
     return {**sizes, "layers": LAYERS, "lr": LR, "threads": args.threads, "dtypes": list(dict.fromkeys(args.dtypes)),
             "memory_batch": MEMORY_BATCH, "quick": args.quick}
@@ -154,11 +165,13 @@ def measure(workers, settings):
         for batch in settings["batch_sizes"]:
             shown = []
             for worker, impl, dtype in ordered:
+                time.sleep(settings["settle"])
                 answer = workers[worker].call(op="train", impl=impl, dtype=dtype, batch=batch, seed=r)
                 samples["train", impl, dtype, batch].append(answer.pop("seconds"))
                 extras["train", impl, dtype, batch] = answer
                 shown.append(f"{impl} {dtype[-2:]} {samples['train', impl, dtype, batch][-1]:.2f}")
             _progress(f"repeat {r + 1}/{settings['repeats']}, batch {batch}: {', '.join(shown)} s")
+        time.sleep(settings["settle"])
         for call in range(settings["infer_calls"]):
             for dtype in dtypes:
                 for impl in ("mlpcore", "floor") if (r + call) % 2 == 0 else ("floor", "mlpcore"):
