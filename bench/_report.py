@@ -102,7 +102,7 @@ def table(run):
     lines = [
         f"mlpcore benchmark: {'/'.join(map(str, s['layers']))}, plain SGD lr {s['lr']}, "
         f"{s['threads']} BLAS thread(s), {s['repeats']} repeat(s), interleaved, "
-        f"{s.get('settle', 0):g} s idle before each; data: {run['source']}",
+        f"{s['settle']:g} s idle before each; data: {run['source']}",
         "",
         f"Training, one epoch over {s['rows']} rows",
         f"{'batch':>5}  {'dtype':<7}  {'implementation':<15} {'median s':>9}  {'min-max s':<17} "

@@ -28,10 +28,8 @@ How
     that the cases' times of one repeat are measured side by side; ratios are the medians over repeats of
     those paired ratios. Every process uses the same thread count for BLAS, OpenMP and torch.
     Before each timed case the machine is left idle for --settle seconds: a library's idle threads go on
-    spinning after its last call (OpenBLAS's pool for 2^28 TSC cycles, about 0.1 s here), and on a 2-core
-    machine the next case would pay for them. Seen here: mlpcore's epoch at batch 128 took 0.62-0.66 s
-    right after the floor's and 0.57-0.59 s after 0.5 s idle; with OPENBLAS_THREAD_TIMEOUT=4 both were
-    0.57-0.59 s.
+    spinning after its last call (OpenBLAS's pool for about 0.1 s here), and on a 2-core machine the next
+    case would pay for them (bench/README.md gives the figures).
 
 Output
     A table on stdout (median seconds, min-max, ratio to the GEMM floor of the same dtype, GFLOP/s counting
@@ -142,7 +140,8 @@ def settings_of(args):
     """Everything the workers and the report need to know about this run."""
     sizes = dict(QUICK if args.quick else FULL)
     sizes["repeats"] = args.repeats or sizes["repeats"]
-    sizes["settle"] = sizes["settle"] if args.settle is None else args.settle
+    if args.settle is not None:
+        sizes["settle"] = args.settle
     sizes["batch_sizes"] = list(dict.fromkeys(args.batch_sizes or sizes["batch_sizes"]))
     return {**sizes, "layers": LAYERS, "lr": LR, "threads": args.threads, "dtypes": list(dict.fromkeys(args.dtypes)),
             "memory_batch": MEMORY_BATCH, "quick": args.quick}
