@@ -7,7 +7,7 @@ initialisation checks on (slow, for debugging an out-of-bounds access), set MLPC
 
 Training runs on several threads through OpenMP (-fopenmp) when the C compiler supports it (gcc does;
 Apple's clang does not without libomp). Without it the core is built serial and says so in
-``mlpcore._core.OPENMP``; MLPCORE_OPENMP=0 forces that.
+``mlpcore._compiled.OPENMP``; MLPCORE_OPENMP=0 forces that.
 """
 import os
 import tempfile
@@ -55,8 +55,8 @@ OPENMP_FLAGS = openmp_flags()
 
 extensions = [
     Extension(
-        "mlpcore._core",
-        ["src/_core.pyx"],
+        "mlpcore._compiled",
+        ["src/_compiled.pyx"],
         extra_compile_args=compile_args + OPENMP_FLAGS,
         extra_link_args=OPENMP_FLAGS,
         # No BLAS is linked: every BLAS call goes through scipy.linalg.cython_blas at run time.

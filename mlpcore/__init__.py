@@ -5,7 +5,7 @@ from ._version import __version__
 try:
     from .network import History, Network, TrainingDiverged, load
 except ImportError as exc:
-    if "_core" not in str(exc):
+    if "_compiled" not in str(exc):
         raise
     import os as _os
     raise ImportError(

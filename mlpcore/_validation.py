@@ -3,7 +3,7 @@ import numbers
 
 import numpy as np
 
-from . import _core
+from . import _compiled
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -99,7 +99,7 @@ def check_X(X, n_features, dtype, *, return_max_abs=False):
     with np.errstate(over="ignore"):  # a value too large for dtype becomes inf, reported just below
         arr = np.ascontiguousarray(arr, dtype=dtype)
     # One compiled pass and no temporary: X may be most of the memory the process has.
-    largest = _core.max_abs(arr)
+    largest = _compiled.max_abs(arr)
     if not np.isfinite(largest):
         _check_finite(arr, "X")
     return (arr, largest) if return_max_abs else arr

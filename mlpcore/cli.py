@@ -311,9 +311,9 @@ def _info(args):
                   f"{lib['num_threads']} threads: {lib['filepath']}")
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"cores this process may use: {usable}")
-    from . import _core
+    from . import _compiled
     print("training threads: " + (
-        "an OpenMP team, one per core by default, each calling BLAS on one thread" if _core.OPENMP else
+        "an OpenMP team, one per core by default, each calling BLAS on one thread" if _compiled.OPENMP else
         "BLAS's (built without OpenMP)") + "; inference: BLAS's threads")
     found = find_fashion_mnist()
     print(f"Fashion-MNIST: {found if found else 'not found (mlpcore train would download it)'}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _core
+from . import _compiled
 from . import _validation as check
 from ._files import atomic_write
 from ._version import __version__
@@ -68,16 +68,16 @@ def _team(threads, batch_size):
 
     The threads are a team of workers that share out each batch's work, each calling BLAS on its share
     with BLAS itself on one thread: the gather, the elementwise passes and the head run in parallel too,
-    not only the products, and the work is split so that little data moves between cores (see _core).
+    not only the products, and the work is split so that little data moves between cores (see _compiled).
     The two kinds of threads are never nested. When the batch is too small to share out, one worker runs
     and BLAS gets the threads. There are never more workers than usable cores: a worker waiting at a
     barrier spins, and one without a core of its own stalls the others.
     """
     global _team_started
     threads = _usable_cores() if threads is None else threads
-    if not _core.OPENMP or _teams_forbidden:
+    if not _compiled.OPENMP or _teams_forbidden:
         return 1, threads
-    workers = min(threads, _usable_cores(), _core.MAX_WORKERS, max(1, batch_size // _MIN_ROWS_PER_WORKER))
+    workers = min(threads, _usable_cores(), _compiled.MAX_WORKERS, max(1, batch_size // _MIN_ROWS_PER_WORKER))
     if workers > 1:
         _team_started = True
         return workers, 1
@@ -230,7 +230,7 @@ class Network:
         workers, blas_threads = _inference_team(threads, chunk, team)
         out = np.empty((X.shape[0], self.n_classes), dtype=self.dtype)
         with _blas_threads(blas_threads):
-            _core.predict_proba(self._params, self._sizes, X, out, self._chunk_workspace(chunk, workers),
+            _compiled.predict_proba(self._params, self._sizes, X, out, self._chunk_workspace(chunk, workers),
                                 chunk, workers)
         return out
 
@@ -243,11 +243,11 @@ class Network:
         chunk = min(X.shape[0], _CHUNK_ROWS)
         workers, blas_threads = _inference_team(threads, chunk, team)
         with _blas_threads(blas_threads):
-            return _core.mean_loss(self._params, self._sizes, X, *self._target_args(labels, targets),
+            return _compiled.mean_loss(self._params, self._sizes, X, *self._target_args(labels, targets),
                                    self._chunk_workspace(chunk, workers), chunk, workers)
 
     def _chunk_workspace(self, chunk, workers):
-        return np.empty(_core.workspace_size(self._sizes, chunk, False, workers), dtype=self.dtype)
+        return np.empty(_compiled.workspace_size(self._sizes, chunk, False, workers), dtype=self.dtype)
 
     # ---------------------------------------------------------------------------------------------
     # Training
@@ -256,7 +256,7 @@ class Network:
         """Mean cross-entropy on (X, y) and its gradient for every weight array (same shapes)."""
         X, labels, targets = self._check_data(X, y)
         grads = np.empty_like(self._params)
-        total, done = self._train_rows(X, labels, targets, grads, lr=0.0)
+        total, done = self._train_rows(X, labels, targets, grads, _compiled.UpdateRule(_compiled.GRADIENTS_ONLY))
         if done == 0:
             raise TrainingDiverged(
                 "the loss is not finite for these weights and inputs: the logits overflow "
@@ -268,7 +268,8 @@ class Network:
         X, labels, targets = self._check_data(X, y)
         lr = check.check_learning_rate(lr)
         before = self._params.copy()
-        total, done = self._train_rows(X, labels, targets, np.empty_like(self._params), lr)
+        total, done = self._train_rows(X, labels, targets, np.empty_like(self._params),
+                                       _compiled.UpdateRule(_compiled.SGD, lr))
         if done == 0 or not np.isfinite(self._params).all():
             self._params[...] = before
             raise TrainingDiverged(
@@ -276,15 +277,15 @@ class Network:
                 "left as they were. Lower lr, or scale the inputs")
         return total / X.shape[0]
 
-    def _train_rows(self, X, labels, targets, grads, lr):
-        """The whole of X as one batch: gradients into grads, and an update unless lr == 0."""
+    def _train_rows(self, X, labels, targets, grads, rule):
+        """The whole of X as one batch, through the update rule `rule`."""
         n = X.shape[0]
         workers, blas_threads = _team(None, n)
-        work = np.empty(_core.workspace_size(self._sizes, n, False, workers, True), dtype=self.dtype)
+        work = np.empty(_compiled.workspace_size(self._sizes, n, False, workers, True), dtype=self.dtype)
         with _blas_threads(blas_threads):
-            return _core.train_batches(
+            return _compiled.train_batches(
                 self._params, grads, self._sizes, X, *self._target_args(labels, targets),
-                _NO_ORDER, n, 0, 1, lr, work, np.empty(1, dtype=np.intp), workers)
+                _NO_ORDER, n, 0, 1, rule, work, np.empty(1, dtype=np.intp), workers)
 
     def fit(self, X, y, *, epochs, batch_size=600, lr=0.1, shuffle=True, seed=None, threads=None,
             validation_data=None, on_epoch_end=None, on_progress=None):
@@ -351,11 +352,12 @@ class Network:
         # Everything the batches need is allocated here, once, and reused by every batch.
         workers, blas_threads = _team(threads, batch_size)
         grads = np.empty_like(self._params)
-        work = np.empty(_core.workspace_size(self._sizes, batch_size, shuffle, workers, True),
+        work = np.empty(_compiled.workspace_size(self._sizes, batch_size, shuffle, workers, True),
                         dtype=self.dtype)
         label_work = np.empty(batch_size, dtype=np.intp)
         last_good = self._params.copy()
         label_args = self._target_args(labels, targets)
+        rule = _compiled.UpdateRule(_compiled.SGD, lr)
         history = History()
         per_call = 1  # batches per compiled call, adapted to _SECONDS_PER_CALL from epoch to epoch
 
@@ -368,9 +370,9 @@ class Network:
                     while batch < n_batches:
                         stop = min(n_batches, batch + per_call)
                         call_started = time.perf_counter()
-                        loss_sum, done = _core.train_batches(
+                        loss_sum, done = _compiled.train_batches(
                             self._params, grads, self._sizes, X, *label_args, order, batch_size,
-                            batch, stop, lr, work, label_work, workers)
+                            batch, stop, rule, work, label_work, workers)
                         total += loss_sum
                         batch += done
                         if batch < stop:

@@ -258,15 +258,15 @@ def test_datasets_is_reachable_from_the_package():
 
 
 def test_the_core_refuses_a_workspace_too_small_for_gathering():
-    from mlpcore import _core
+    from mlpcore import _compiled
 
     net = mlpcore.Network([5, 6, 3], dtype="float64", seed=0)
     X, y = make_problem([5, 6, 3], 10, np.float64)
     before = net._params.copy()
-    work = np.empty(_core.workspace_size(net._sizes, 4, False))  # no room for gathered rows
-    assert _core.workspace_size(net._sizes, 4, True) > work.size
+    work = np.empty(_compiled.workspace_size(net._sizes, 4, False))  # no room for gathered rows
+    assert _compiled.workspace_size(net._sizes, 4, True) > work.size
     with pytest.raises(ValueError, match="workspace"):
-        _core.train_batches(net._params, np.empty_like(net._params), net._sizes, X, y.astype(np.intp),
-                            np.empty((0, 3)), np.arange(10, dtype=np.intp), 4, 0, 3, 0.1, work,
+        _compiled.train_batches(net._params, np.empty_like(net._params), net._sizes, X, y.astype(np.intp),
+                            np.empty((0, 3)), np.arange(10, dtype=np.intp), 4, 0, 3, _compiled.UpdateRule(_compiled.SGD, 0.1), work,
                             np.empty(4, dtype=np.intp))
     np.testing.assert_array_equal(net._params, before)

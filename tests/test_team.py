@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import mlpcore
-from mlpcore import _core, network, reference
+from mlpcore import _compiled, network, reference
 from conftest import RTOL, make_problem, relative_error
 from test_core_vs_reference import _network, _reference_fit
 
-pytestmark = pytest.mark.skipif(not _core.OPENMP, reason="this build of the core has no OpenMP")
+pytestmark = pytest.mark.skipif(not _compiled.OPENMP, reason="this build of the core has no OpenMP")
 
 SIZES = [40, 70, 50, 4]  # feature blocks (16-aligned) of 2 workers: 16 + 24, 32 + 38, 16 + 34
 N_ROWS = 52
@@ -24,16 +24,16 @@ BATCH_SIZES = [3, 12, 50]
 
 def test_the_batch_sizes_share_out_both_ways():
     def by_rows(m):
-        return _core.split_by_rows(m, max(SIZES[1:]), 8)
+        return _compiled.split_by_rows(m, max(SIZES[1:]), 8)
 
     assert [(by_rows(size), by_rows(N_ROWS % size)) for size in BATCH_SIZES] == [
         (False, False), (True, False), (True, False)]
 
 
 def _spy(monkeypatch, name):
-    """Record the team size of each call of _core.<name>."""
-    teams, real = [], getattr(_core, name)
-    monkeypatch.setattr(_core, name, lambda *args: teams.append(args[-1]) or real(*args))
+    """Record the team size of each call of _compiled.<name>."""
+    teams, real = [], getattr(_compiled, name)
+    monkeypatch.setattr(_compiled, name, lambda *args: teams.append(args[-1]) or real(*args))
     return teams
 
 
@@ -77,7 +77,7 @@ def test_shared_gradients_match_reference(teams, monkeypatch, n, dtype):
 @pytest.mark.parametrize("batch_size", [16, 256])
 def test_one_and_two_threads_agree_on_the_students_shape(teams, batch_size, dtype):
     # Shared out by features at batch 16, by rows at 256.
-    assert _core.split_by_rows(batch_size, 300, np.dtype(dtype).itemsize) == (batch_size == 256)
+    assert _compiled.split_by_rows(batch_size, 300, np.dtype(dtype).itemsize) == (batch_size == 256)
     X, y = make_problem([784, 300, 300, 10], 1024, dtype, seed=1)
     X = np.abs(X) / 4
     results = []
@@ -97,7 +97,7 @@ def test_one_and_two_threads_agree_on_the_students_shape(teams, batch_size, dtyp
 def test_a_team_stops_together_before_a_batch_with_a_non_finite_loss(workers, layer_sizes, dtype):
     # Rows in order, batches of 4: row 9 overflows the logits, so batch 2 (rows 8..11) is not trained,
     # whichever worker's share holds it; batches 0 and 1 are.
-    assert _core.split_by_rows(4, layer_sizes[1], np.dtype(dtype).itemsize) == (layer_sizes[1] == 7)
+    assert _compiled.split_by_rows(4, layer_sizes[1], np.dtype(dtype).itemsize) == (layer_sizes[1] == 7)
     sizes = np.array(layer_sizes, dtype=np.intp)
     X, y = make_problem(layer_sizes, 16, dtype)
     X[9] = np.finfo(dtype).max
@@ -108,10 +108,11 @@ def test_a_team_stops_together_before_a_batch_with_a_non_finite_loss(workers, la
     for start in (0, 4):
         expected.train_step(X[start:start + 4], y[start:start + 4], lr=0.1)
     params = np.concatenate([W.ravel() for W in net.weights])
-    work = np.empty(_core.workspace_size(sizes, 4, False, workers, True), dtype=dtype)
+    work = np.empty(_compiled.workspace_size(sizes, 4, False, workers, True), dtype=dtype)
     with network._blas_threads(1):  # as the core requires of a team
-        total, done = _core.train_batches(params, np.empty_like(params), sizes, X, y.astype(np.intp),
-                                          np.empty((0, 0), dtype), np.empty(0, np.intp), 4, 0, 4, 0.1, work,
+        total, done = _compiled.train_batches(params, np.empty_like(params), sizes, X, y.astype(np.intp),
+                                          np.empty((0, 0), dtype), np.empty(0, np.intp), 4, 0, 4,
+                                          _compiled.UpdateRule(_compiled.SGD, 0.1), work,
                                           np.empty(4, np.intp), workers)
     assert done == 2
     assert np.isfinite(total)
@@ -123,8 +124,9 @@ def test_the_core_refuses_a_team_out_of_range():
     sizes = np.array([2, 2], dtype=np.intp)
     params = np.zeros(6)
     with pytest.raises(ValueError, match="workers must be in"):
-        _core.train_batches(params, params.copy(), sizes, np.zeros((1, 2)), np.zeros(1, np.intp),
-                            np.empty((0, 0)), np.empty(0, np.intp), 1, 0, 1, 0.1, np.empty(100),
+        _compiled.train_batches(params, params.copy(), sizes, np.zeros((1, 2)), np.zeros(1, np.intp),
+                            np.empty((0, 0)), np.empty(0, np.intp), 1, 0, 1,
+                                _compiled.UpdateRule(_compiled.SGD, 0.1), np.empty(100),
                             np.empty(1, np.intp), 0)
 
 

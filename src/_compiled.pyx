@@ -387,16 +387,16 @@ cdef void network_forward(const floating* params, const Py_ssize_t* sizes, Py_ss
 # gradient into `grads`, then steps from it.
 
 cdef enum RuleKind:
-    RULE_GRADIENT_ONLY = 0   # compute the gradient into grads, leave the weights
+    RULE_GRADIENTS_ONLY = 0  # compute the gradient into grads, leave the weights
     RULE_SGD = 1
 
 
-cdef struct UpdateRule:
+cdef struct UpdateRuleC:
     RuleKind kind
     double lr
 
 
-cdef floating* rule_destination(const UpdateRule* rule, floating* params, floating* grads,
+cdef floating* rule_destination(const UpdateRuleC* rule, floating* params, floating* grads,
                                 floating* alpha, floating* beta) noexcept nogil:
     """Where the backward pass writes each layer's weight product, as dest = beta * dest + alpha * dW."""
     if rule.kind == RULE_SGD:
@@ -406,6 +406,26 @@ cdef floating* rule_destination(const UpdateRule* rule, floating* params, floati
         return params
     alpha[0], beta[0] = <floating>1, <floating>0
     return grads
+
+
+#: Rule kinds for UpdateRule.
+GRADIENTS_ONLY = RULE_GRADIENTS_ONLY
+SGD = RULE_SGD
+
+
+cdef class UpdateRule:
+    """What train_batches does with each gradient: UpdateRule(SGD, lr) steps W -= lr * dW,
+    UpdateRule(GRADIENTS_ONLY) writes the gradients and leaves the weights."""
+    cdef UpdateRuleC rule
+
+    def __init__(self, int kind, double lr=0.0):
+        if kind == RULE_SGD:
+            if not lr > 0:
+                raise ValueError(f"SGD needs a learning rate > 0, got {lr}")
+        elif kind != RULE_GRADIENTS_ONLY:
+            raise ValueError(f"unknown update rule kind {kind}")
+        self.rule.kind = <RuleKind>kind
+        self.rule.lr = lr
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -689,7 +709,7 @@ cdef bint _features_batch(const Batch* bt, const floating* params, floating* des
 cdef void _train_member(floating* params, floating* grads, const Py_ssize_t* sizes, Py_ssize_t n_layers,
                         const floating* X, Py_ssize_t n, const Py_ssize_t* labels, const floating* targets,
                         const Py_ssize_t* order, Py_ssize_t batch_size, Py_ssize_t first_batch,
-                        Py_ssize_t stop_batch, const UpdateRule* rule, Layout* lay,
+                        Py_ssize_t stop_batch, const UpdateRuleC* rule, Layout* lay,
                         Py_ssize_t* label_work, double* losses, TeamResult* result, int me,
                         int team) noexcept nogil:
     """Worker `me` of `team`'s part of training batches first_batch..stop_batch-1 (see train_batches)."""
@@ -878,13 +898,14 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
                   const floating[:, ::1] X, const Py_ssize_t[::1] labels,
                   const floating[:, ::1] targets, const Py_ssize_t[::1] order,
                   Py_ssize_t batch_size, Py_ssize_t first_batch, Py_ssize_t stop_batch,
-                  double lr, floating[::1] work, Py_ssize_t[::1] label_work, int workers=1):
+                  UpdateRule rule, floating[::1] work, Py_ssize_t[::1] label_work, int workers=1):
     """Train batches first_batch..stop_batch-1 of one pass over X, in place, the GIL released.
 
     Batch b holds the rows order[b * batch_size : (b + 1) * batch_size] (the last one may be shorter);
     an empty `order` means the rows in their own order, used in place without a copy. Targets are
-    `labels` if it is not empty, else the rows of `targets`. `lr` <= 0 computes gradients without
-    updating the weights. `label_work` holds at least batch_size labels.
+    `labels` if it is not empty, else the rows of `targets`. `rule` says what becomes of each gradient:
+    an UpdateRule(SGD, lr) steps the weights, UpdateRule(GRADIENTS_ONLY) leaves them and writes the
+    gradients into `grads`. `label_work` holds at least batch_size labels.
 
     `workers` > 1 shares every batch out between that many OpenMP threads (at most MAX_WORKERS; fewer if
     OpenMP gives fewer, one if this build has no OpenMP). The caller must make BLAS single-threaded for
@@ -901,23 +922,20 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     cdef const floating* target_data = NULL if use_labels else &targets[0, 0]
     cdef const Py_ssize_t* order_data = &order[0] if gather else NULL
     cdef double* losses
-    cdef UpdateRule rule
     cdef TeamResult result
     cdef Layout lay
-    rule.kind = RULE_SGD if lr > 0 else RULE_GRADIENT_ONLY
-    rule.lr = lr
     result.total, result.done = 0, 0
     losses = _prepare_team(&lay, work, sizes, batch_size, gather, workers, True)
     with nogil:
         if workers == 1:
             # No parallel region at all: the calling thread is a team of one, its barriers no-ops.
             _train_member(&params[0], &grads[0], &sizes[0], n_layers, X_data, X.shape[0], label_data,
-                          target_data, order_data, batch_size, first_batch, stop_batch, &rule, &lay,
+                          target_data, order_data, batch_size, first_batch, stop_batch, &rule.rule, &lay,
                           &label_work[0], losses, &result, 0, 1)
         else:
             with parallel(num_threads=workers):
                 _train_member(&params[0], &grads[0], &sizes[0], n_layers, X_data, X.shape[0], label_data,
-                              target_data, order_data, batch_size, first_batch, stop_batch, &rule, &lay,
+                              target_data, order_data, batch_size, first_batch, stop_batch, &rule.rule, &lay,
                               &label_work[0], losses, &result, mlpcore_member(),
                               mlpcore_team_size())
     _release_team(&lay, losses)
