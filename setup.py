@@ -53,15 +53,19 @@ def openmp_flags():
 
 OPENMP_FLAGS = openmp_flags()
 
+
+def extension(name):
+    """mlpcore.<name> from src/<name>.pyx. No BLAS is linked: every BLAS call goes through
+    scipy.linalg.cython_blas at run time."""
+    return Extension(f"mlpcore.{name}", [f"src/{name}.pyx"], extra_compile_args=compile_args + OPENMP_FLAGS,
+                     extra_link_args=OPENMP_FLAGS,
+                     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
+
+
+# The kernels live in src/*.pxd as inline functions; each module compiles in those it uses.
 extensions = [
-    Extension(
-        "mlpcore._compiled",
-        ["src/_compiled.pyx"],
-        extra_compile_args=compile_args + OPENMP_FLAGS,
-        extra_link_args=OPENMP_FLAGS,
-        # No BLAS is linked: every BLAS call goes through scipy.linalg.cython_blas at run time.
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    ),
+    extension("_compiled"),  # the entry points: training, inference, the input check
+    extension("_kernels"),   # each kernel on its own, for the tests
 ]
 
 setup(

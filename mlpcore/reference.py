@@ -48,6 +48,42 @@ def targets_matrix(y, n_classes, dtype):
     return T
 
 
+# -------------------------------------------------------------------------------------------------
+# One operation each: what each compiled kernel computes (the tests hold each kernel to these).
+
+def dense_forward(a, W, relu_output=True):
+    """One layer: the input a gets its column of ones, times W; ReLU applied to a hidden layer's output."""
+    z = add_ones_column(a) @ W
+    return relu(z) if relu_output else z
+
+
+def head(logits, T):
+    """Softmax-cross-entropy on a batch: the mean loss, and the error at the logits, (P - T) / n.
+
+    For softmax followed by cross-entropy the error at the logits is simply P - T (no extra "softmax
+    derivative" factor); divided by n because the loss is a mean.
+    """
+    return cross_entropy(logits, T), (softmax(logits) - T) / logits.shape[0]
+
+
+def error_passed_down(delta, W, z_below):
+    """The error at the layer below's pre-activation z_below, from the error delta at this layer's.
+
+    Back through W without its bias row (the ones column has no input to pass error to), then through
+    the ReLU of the layer below.
+    """
+    return (delta @ W[:-1].T) * relu_derivative(z_below)
+
+
+def weight_gradient(a_with_ones, delta):
+    """The gradient of a layer's W (bias row last) from its input with the column of ones appended and
+    the error delta at its output: the bias row's gradient is the column sums of delta."""
+    return a_with_ones.T @ delta
+
+
+# -------------------------------------------------------------------------------------------------
+# The whole network
+
 def forward_all(weights, X):
     """Forward pass keeping what backward needs.
 
@@ -57,9 +93,8 @@ def forward_all(weights, X):
     a = X.astype(weights[0].dtype)
     inputs, pre_activations = [], []
     for i, W in enumerate(weights):
-        a = add_ones_column(a)
-        z = a @ W
-        inputs.append(a)
+        z = dense_forward(a, W, relu_output=False)
+        inputs.append(add_ones_column(a))
         pre_activations.append(z)
         a = relu(z) if i < len(weights) - 1 else z
     return inputs, pre_activations
@@ -86,20 +121,15 @@ def loss_and_gradients(weights, X, y):
     """Mean cross-entropy and its gradient with respect to every weight matrix."""
     inputs, pre_activations = forward_all(weights, X)
     logits = pre_activations[-1]
-    n = logits.shape[0]
     T = targets_matrix(y, logits.shape[1], logits.dtype)
 
-    # For softmax followed by cross-entropy, the error at the logits is simply P - T (no extra
-    # "softmax derivative" factor); divided by n because the loss is a mean.
-    delta = (softmax(logits) - T) / n
+    value, delta = head(logits, T)
     grads = [None] * len(weights)
     for i in range(len(weights) - 1, -1, -1):
-        grads[i] = inputs[i].T @ delta
+        grads[i] = weight_gradient(inputs[i], delta)
         if i > 0:
-            # Back through W without its bias row (the ones column has no input to pass error to),
-            # then through the ReLU of the layer below.
-            delta = (delta @ weights[i][:-1].T) * relu_derivative(pre_activations[i - 1])
-    return cross_entropy(logits, T), grads
+            delta = error_passed_down(delta, weights[i], pre_activations[i - 1])
+    return value, grads
 
 
 def train_step(weights, X, y, lr):

@@ -1,0 +1,100 @@
+# The softmax-cross-entropy head, on raw row-major pointers: the loss of each row and the gradient at the
+# logits (P - T, scaled) in one pass per row, and softmax alone for inference. Rows are independent: any
+# block of rows can be done on its own. Called by the training loop and inference.
+
+from cython cimport floating
+from libc.math cimport exp, expf, log, logf
+from libc.string cimport memset
+
+
+cdef inline floating exp_of(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating log_of(floating x) noexcept nogil:
+    if floating is float:
+        return logf(x)
+    else:
+        return log(x)
+
+
+cdef inline floating row_max(const floating* row, Py_ssize_t n) noexcept nogil:
+    cdef floating largest = row[0]
+    cdef Py_ssize_t j
+    for j in range(1, n):
+        if row[j] > largest:
+            largest = row[j]
+    return largest
+
+
+cdef inline floating exp_shifted(floating* row, Py_ssize_t n, floating shift) noexcept nogil:
+    """Replace row with exp(row - shift); return its sum."""
+    cdef floating total = 0
+    cdef Py_ssize_t j
+    for j in range(n):
+        row[j] = exp_of(row[j] - shift)
+        total += row[j]
+    return total
+
+
+cdef inline double softmax_cross_entropy(floating* z, Py_ssize_t m, Py_ssize_t n_classes,
+                                         const Py_ssize_t* labels, const floating* targets,
+                                         floating grad_scale, floating* column_sums) noexcept nogil:
+    """One pass per row over the logits z (m x K): returns the summed cross-entropy of the rows and
+    overwrites z with grad_scale * (P - T), the gradient at the logits (P = softmax(z)), whose column
+    sums go to column_sums unless it is NULL.
+
+    The targets are integer labels when `labels` is not NULL, else the rows of `targets` (m x K).
+    Loss of a row: sum_j t_j * (logsumexp(z) - z_j), computed as (sum t) * log(s) - sum_j t_j (z_j - max)
+    with s = sum_j exp(z_j - max): subtracting the row max keeps every exp <= 1.
+    """
+    cdef double total = 0
+    cdef floating zmax, s, inv_s, weighted_shift, target_sum
+    cdef floating* row
+    cdef const floating* t = NULL
+    cdef Py_ssize_t i, j, y = 0
+    if column_sums != NULL:
+        memset(column_sums, 0, n_classes * sizeof(floating))
+    for i in range(m):
+        row = z + i * n_classes
+        zmax = row_max(row, n_classes)
+        if labels != NULL:
+            y = labels[i]
+            weighted_shift = row[y] - zmax
+            target_sum = 1
+        else:
+            t = targets + i * n_classes
+            weighted_shift = 0
+            target_sum = 0
+            for j in range(n_classes):
+                weighted_shift += t[j] * (row[j] - zmax)
+                target_sum += t[j]
+        s = exp_shifted(row, n_classes, zmax)
+        total += target_sum * log_of(s) - weighted_shift
+        inv_s = 1 / s
+        if labels != NULL:
+            for j in range(n_classes):
+                row[j] = row[j] * inv_s * grad_scale
+            row[y] -= grad_scale
+        else:
+            for j in range(n_classes):
+                row[j] = (row[j] * inv_s - t[j]) * grad_scale
+        if column_sums != NULL:
+            for j in range(n_classes):
+                column_sums[j] += row[j]
+    return total
+
+
+cdef inline void softmax_rows(floating* z, Py_ssize_t m, Py_ssize_t n_classes) noexcept nogil:
+    """Replace each row of the logits z (m x K) with its softmax, in place."""
+    cdef floating inv_s
+    cdef floating* row
+    cdef Py_ssize_t i, j
+    for i in range(m):
+        row = z + i * n_classes
+        inv_s = 1 / exp_shifted(row, n_classes, row_max(row, n_classes))
+        for j in range(n_classes):
+            row[j] *= inv_s

@@ -1,0 +1,150 @@
+# The kernels of one bias-augmented dense ReLU layer, on raw row-major pointers: the forward product with
+# the bias and ReLU fused in, the error passed down through the weights and the ReLU below, the weight
+# gradient product and the bias gradient. Each can do any block of rows or columns on its own, which is
+# how a team shares out the work (_training.pxd); each calls BLAS only through the shim (_blas.pxd).
+#
+# A layer's weights W (n_in + 1, n_out) are stored with the bias as the last row, so W[:n_in] is a
+# contiguous prefix: no column of ones is ever built.
+
+from cython cimport floating
+from libc.string cimport memset
+
+from _blas cimport gemm_ld, NO_TRANS, TRANS
+
+
+cdef inline void dense_forward(const floating* x, Py_ssize_t m, Py_ssize_t k, const floating* w,
+                               Py_ssize_t n, floating* z, bint relu, Py_ssize_t first_col,
+                               Py_ssize_t stop_col) noexcept nogil:
+    """Columns first_col..stop_col-1 of z(m x n) = x(m x k) . w[:k] + w[k], then ReLU in place if asked.
+
+    Any block of rows (offset x and z) or of columns can be done on its own."""
+    cdef const floating* bias = w + k * n
+    cdef floating* row
+    cdef floating v
+    cdef Py_ssize_t i, j
+    gemm_ld(NO_TRANS, NO_TRANS, <int>m, <int>(stop_col - first_col), <int>k, <floating>1, x, <int>max(1, k),
+            w + first_col, <int>n, <floating>0, z + first_col, <int>n)
+    # The bias and the ReLU in one pass over the product, while it is still in cache.
+    for i in range(m):
+        row = z + i * n
+        if relu:
+            for j in range(first_col, stop_col):
+                v = row[j] + bias[j]
+                row[j] = v if v > 0 else 0
+        else:
+            for j in range(first_col, stop_col):
+                row[j] += bias[j]
+
+
+cdef inline void partial_product(const floating* x, Py_ssize_t m, Py_ssize_t k, const floating* w,
+                                 Py_ssize_t n, Py_ssize_t first_feature, Py_ssize_t stop_feature,
+                                 floating* partial) noexcept nogil:
+    """partial(m x n) = x[:, f0:f1] . w[f0:f1] for f0..f1 = first_feature..stop_feature-1: one block of
+    input features' share of the product x(m x k) . w[:k] (no bias). The sum of the partials of blocks
+    that cover every feature is the product (add_partial_products)."""
+    if stop_feature > first_feature:
+        gemm_ld(NO_TRANS, NO_TRANS, <int>m, <int>n, <int>(stop_feature - first_feature), <floating>1,
+                x + first_feature, <int>k, w + first_feature * n, <int>n, <floating>0, partial, <int>n)
+    else:
+        memset(partial, 0, m * n * sizeof(floating))
+
+
+cdef inline void add_partial_products(floating** partials, int n_parts, Py_ssize_t n, Py_ssize_t first_row,
+                                      Py_ssize_t stop_row, Py_ssize_t first_col, Py_ssize_t stop_col,
+                                      const floating* bias, floating* out, bint relu) noexcept nogil:
+    """out[i, j] = sum over p of partials[p][i, j] + bias[j], ReLU applied if asked, for the given rows
+    and columns of m x n matrices: the forward pass of a layer whose product was split over its input
+    features (partial_product)."""
+    cdef floating* out_row
+    cdef const floating* part_row
+    cdef floating v
+    cdef Py_ssize_t i, j
+    cdef int p
+    for i in range(first_row, stop_row):
+        out_row = out + i * n
+        part_row = partials[0] + i * n
+        for j in range(first_col, stop_col):
+            out_row[j] = part_row[j] + bias[j]
+        for p in range(1, n_parts):
+            part_row = partials[p] + i * n
+            for j in range(first_col, stop_col):
+                out_row[j] += part_row[j]
+        if relu:
+            for j in range(first_col, stop_col):
+                v = out_row[j]
+                out_row[j] = v if v > 0 else 0
+
+
+cdef inline void pass_error_down(const floating* dz, Py_ssize_t m, Py_ssize_t n, const floating* w,
+                                 Py_ssize_t k, const floating* x, floating* dx, floating* dx_column_sums,
+                                 Py_ssize_t first_col, Py_ssize_t stop_col) noexcept nogil:
+    """The error at the layer below, from dz (m x n), the error at this layer's pre-activation: columns
+    first_col..stop_col-1 of dx = (dz . w[:k]^T) * (x > 0), and their column sums (the gradient of the
+    bias below) into dx_column_sums, which is zero elsewhere.
+
+    x is this layer's input, the layer below's ReLU output: x > 0 is exactly the ReLU derivative at the
+    pre-activation below (0 at z <= 0). The bias row of w passes no error down: it has no input. Any block
+    of rows (offset dz, x and dx) or of columns can be done on its own; a block of columns reads only
+    those rows of w.
+    """
+    cdef const floating* x_row
+    cdef floating* dx_row
+    cdef floating v
+    cdef Py_ssize_t i, j
+    gemm_ld(NO_TRANS, TRANS, <int>m, <int>(stop_col - first_col), <int>n, <floating>1, dz, <int>max(1, n),
+            w + first_col * n, <int>max(1, n), <floating>0, dx + first_col, <int>k)
+    # The ReLU mask and the column sums in one pass.
+    memset(dx_column_sums, 0, k * sizeof(floating))
+    for i in range(m):
+        x_row = x + i * k
+        dx_row = dx + i * k
+        # Branch-free, so that the compiler vectorises it.
+        for j in range(first_col, stop_col):
+            v = dx_row[j] if x_row[j] > 0 else 0
+            dx_row[j] = v
+            dx_column_sums[j] += v
+
+
+cdef inline void weight_gradient(const floating* x, Py_ssize_t m, Py_ssize_t k, const floating* dz,
+                                 Py_ssize_t n, Py_ssize_t first_row, Py_ssize_t stop_row,
+                                 Py_ssize_t first_col, Py_ssize_t stop_col, floating* dw, floating alpha,
+                                 floating beta) noexcept nogil:
+    """dw[r, c] = beta * dw[r, c] + alpha * (x^T . dz)[r, c] over the block of rows first_row..stop_row-1
+    and columns first_col..stop_col-1, for x (m x k), dz (m x n) and dw (k x n): a block of the weight
+    gradient, or (with dw the weights, alpha = -lr and beta = 1) of the SGD step itself. Disjoint blocks
+    can be done at the same time."""
+    gemm_ld(TRANS, NO_TRANS, <int>(stop_row - first_row), <int>(stop_col - first_col), <int>m, alpha,
+            x + first_row, <int>max(1, k), dz + first_col, <int>max(1, n), beta,
+            dw + first_row * n + first_col, <int>max(1, n))
+
+
+cdef inline void bias_gradient(floating* db, Py_ssize_t first, Py_ssize_t stop, floating** column_sums,
+                               int n_parts, floating alpha, floating beta) noexcept nogil:
+    """db[j] = beta * db[j] + alpha * (the sum of the n_parts partial column sums of the error at j), for
+    j in first..stop-1: the bias row's gradient is the column sums of the error (its input is 1)."""
+    cdef Py_ssize_t j
+    cdef int p
+    cdef floating total
+    for j in range(first, stop):
+        total = 0
+        for p in range(n_parts):
+            total += column_sums[p][j]
+        db[j] = (beta * db[j] if beta != 0 else 0) + alpha * total
+
+
+cdef inline void network_forward(const floating* params, const Py_ssize_t* sizes, Py_ssize_t n_layers,
+                                 const floating* x, Py_ssize_t first_row, Py_ssize_t m, void** outputs,
+                                 floating* logits) noexcept nogil:
+    """Rows first_row..first_row+m-1 of every layer's output, outputs[1..n_layers - 1], and of the logits
+    (into outputs[n_layers], or `logits` if not NULL), from the same rows of the input x. Row-local: any
+    block of rows can be done on its own."""
+    cdef const floating* w = params
+    cdef const floating* layer_in = x
+    cdef floating* layer_out
+    cdef Py_ssize_t l
+    for l in range(n_layers):
+        layer_out = logits if l == n_layers - 1 and logits != NULL else <floating*>outputs[l + 1]
+        dense_forward(layer_in + first_row * sizes[l], m, sizes[l], w, sizes[l + 1],
+                      layer_out + first_row * sizes[l + 1], l < n_layers - 1, 0, sizes[l + 1])
+        layer_in = layer_out
+        w += (sizes[l] + 1) * sizes[l + 1]

@@ -1,0 +1,257 @@
+# The training loop, run by every worker of a team (or by the calling thread alone): batches of one pass
+# over X, each a forward pass, the head, and a backward pass that hands each layer's gradient to the
+# update rule (_update_rules.write_weight_block, the one place weights are written).
+#
+# A batch is shared out between the workers in one of two schemes; they differ only in which rows,
+# features and weights each worker does (forward_layer, pass_error_down_share, weight_block), not in what
+# a layer does:
+# - by rows, when it has many rows: each worker does the forward pass, the head and the error passed down
+#   on its own rows, with no waiting. A weight product sums over every row: each worker computes a block
+#   of the layer's weight rows (the last worker also the bias) after a barrier, which also makes sure
+#   every worker has read the weights before anyone updates them. Every worker packs all the weights for
+#   its rows, and reads in the next batch the weight rows the others updated.
+# - by features, when it has few rows: each worker owns a block of every hidden layer's output features,
+#   which is its block of the next layer's input features and weight rows. The first layer is split by
+#   those output columns (each worker reads whole input rows); a later layer's forward product is split
+#   over its input features: each worker multiplies its input columns by its weight rows into a partial
+#   sum, and after a barrier sums the partials over its own block of output columns. The error passed
+#   down and the weight update use only the worker's own weights too. So the weights never move between
+#   cores, and of the activations and errors only those of the layers after the first do; no large
+#   operand is packed twice. That matters on small batches, where the weights outweigh the activations,
+#   and on machines where data moving between cores is slow (on this project's VM a cache line's round
+#   trip between the two vCPUs goes from ~55 ns to ~350 ns for seconds at a time).
+# A last barrier per batch keeps the next batch from overwriting buffers still being read. Every barrier
+# here is reached by every worker (see _team.pxd).
+
+from cython cimport floating
+from libc.math cimport isfinite
+from libc.string cimport memcpy
+
+from _team cimport barrier, share_start, block_start, split_by_rows, LOSS_STRIDE
+from _workspace cimport Workspace, of_layer, layer_offset, widest, partial_rows
+from _layers cimport dense_forward, partial_product, add_partial_products, pass_error_down
+from _head cimport softmax_cross_entropy
+from _update_rules cimport Rule, WeightBlock, write_weight_block
+
+
+cdef struct TeamResult:
+    double total        # summed loss of the batches trained
+    Py_ssize_t done     # batches trained
+
+
+cdef struct Batch:
+    # What every worker knows of the batch it trains; the arrays' element type is in the functions' args.
+    const Py_ssize_t* sizes
+    Py_ssize_t n_layers
+    Py_ssize_t start          # the batch is rows start..start+m-1 of the pass: of X, or of order
+    Py_ssize_t m
+    bint by_rows              # the scheme: shared out by rows, else by features
+    Py_ssize_t first_row      # this worker's rows of the batch (for the head in both schemes)
+    Py_ssize_t stop_row
+    const Py_ssize_t* order   # NULL: X's rows in place
+    const Py_ssize_t* labels  # NULL: the targets are rows of a target array
+    Py_ssize_t* label_work
+    double* losses
+    int me
+    int team
+
+
+cdef inline void gather_rows(const Batch* batch, const floating* X, Py_ssize_t first_row,
+                             Py_ssize_t stop_row, floating* dest) noexcept nogil:
+    """Copy the batch's rows first_row..stop_row-1 of X (through batch.order) into the same rows of dest."""
+    cdef Py_ssize_t d = batch.sizes[0], i
+    for i in range(first_row, stop_row):
+        memcpy(dest + i * d, X + batch.order[batch.start + i] * d, d * sizeof(floating))
+
+
+cdef inline const floating* batch_input(const Batch* batch, const floating* X,
+                                        Workspace* space) noexcept nogil:
+    """The batch's input rows, all m of them, as the worker will read them: X's own rows in place, or
+    gathered through order, by rows each worker its own rows of a shared copy, by features each worker
+    every row into a copy of its own."""
+    cdef floating* rows
+    if batch.order == NULL:
+        return X + batch.start * batch.sizes[0]
+    if batch.by_rows:
+        rows = <floating*>space.input_rows
+        gather_rows(batch, X, batch.first_row, batch.stop_row, rows)
+    else:
+        rows = (<floating**>of_layer(space, space.partials, 0))[batch.me]
+        gather_rows(batch, X, 0, batch.m, rows)
+    return rows
+
+
+cdef inline void forward_layer(const Batch* batch, Py_ssize_t l, const floating* params,
+                               const floating* layer_in, Workspace* space) noexcept nogil:
+    """This worker's part of layer l's output (ReLU applied to hidden layers) from its input."""
+    cdef Py_ssize_t k = batch.sizes[l], n = batch.sizes[l + 1]
+    cdef const floating* w = params + layer_offset(batch.sizes, l)
+    cdef floating* out = <floating*>space.outputs[l + 1]
+    cdef bint hidden = l < batch.n_layers - 1
+    cdef int me = batch.me, team = batch.team
+    cdef floating** partials
+    if batch.by_rows:
+        dense_forward(layer_in + batch.first_row * k, batch.stop_row - batch.first_row, k, w, n,
+                      out + batch.first_row * n, hidden, 0, n)
+    elif l == 0:
+        # Its output columns, from whole rows: its block of the next layer's input features.
+        dense_forward(layer_in, batch.m, k, w, n, out, hidden, block_start(n, me, team),
+                      block_start(n, me + 1, team))
+    else:
+        # Its input features' share of the product, then, once every share is in, the sum over its own
+        # block of output features (hidden: all the next layer reads of it) or its own rows (the head
+        # needs whole rows of logits).
+        partials = <floating**>of_layer(space, space.partials, l + 1)
+        partial_product(layer_in, batch.m, k, w, n, block_start(k, me, team), block_start(k, me + 1, team),
+                        partials[me])
+        barrier(team)
+        if hidden:
+            add_partial_products(partials, team, n, 0, batch.m, block_start(n, me, team),
+                                 block_start(n, me + 1, team), w + k * n, out, True)
+        else:
+            add_partial_products(partials, team, n, batch.first_row, batch.stop_row, 0, n, w + k * n, out,
+                                 False)
+
+
+cdef inline void pass_error_down_share(const Batch* batch, Py_ssize_t l, const floating* params,
+                                       const floating* layer_in, Workspace* space) noexcept nogil:
+    """This worker's part of the error at layer l's input (deltas[l]) and its column sums: by rows its
+    rows, all features; by features every row, its own features (it reads only its own weight rows)."""
+    cdef Py_ssize_t k = batch.sizes[l], n = batch.sizes[l + 1], first_row, stop_row, first_col, stop_col
+    if batch.by_rows:
+        first_row, stop_row, first_col, stop_col = batch.first_row, batch.stop_row, 0, k
+    else:
+        first_row, stop_row = 0, batch.m
+        first_col, stop_col = block_start(k, batch.me, batch.team), block_start(k, batch.me + 1, batch.team)
+    pass_error_down(<floating*>space.deltas[l + 1] + first_row * n, stop_row - first_row, n,
+                    params + layer_offset(batch.sizes, l), k, layer_in + first_row * k,
+                    <floating*>space.deltas[l] + first_row * k,
+                    (<floating**>of_layer(space, space.column_sums, l))[batch.me], first_col, stop_col)
+
+
+cdef inline WeightBlock weight_block(const Batch* batch, Py_ssize_t l, Workspace* space) noexcept nogil:
+    """The block of layer l's weights this worker writes: by rows a share of the weight rows, by features
+    its own weight rows (its own columns in the first layer). The bias, from every worker's column sums of
+    the error, is the last worker's; in the first layer by features each worker's own columns, from its
+    own sums, which are whole for those columns."""
+    cdef WeightBlock block
+    cdef int me = batch.me, team = batch.team
+    block.offset = layer_offset(batch.sizes, l)
+    block.n_in, block.n_out = batch.sizes[l], batch.sizes[l + 1]
+    block.first_row, block.stop_row = 0, block.n_in
+    block.first_col, block.stop_col = 0, block.n_out
+    block.first_bias, block.stop_bias = 0, (block.n_out if me == team - 1 else 0)
+    block.column_sums = of_layer(space, space.column_sums, l + 1)
+    block.n_parts = team
+    if batch.by_rows:
+        block.first_row, block.stop_row = share_start(block.n_in, me, team), share_start(block.n_in, me + 1, team)
+    elif l > 0:
+        block.first_row, block.stop_row = block_start(block.n_in, me, team), block_start(block.n_in, me + 1, team)
+    else:
+        block.first_col, block.stop_col = block_start(block.n_out, me, team), block_start(block.n_out, me + 1, team)
+        block.first_bias, block.stop_bias = block.first_col, block.stop_col
+        block.column_sums, block.n_parts = block.column_sums + me, 1
+    return block
+
+
+cdef inline void gather_targets(const Batch* batch, const floating* targets, Workspace* space) noexcept nogil:
+    """Copy the targets of this worker's rows of the batch into label_work or space.target_rows."""
+    cdef Py_ssize_t n_classes = batch.sizes[batch.n_layers], i, row
+    for i in range(batch.first_row, batch.stop_row):
+        row = batch.order[batch.start + i]
+        if batch.labels != NULL:
+            batch.label_work[i] = batch.labels[row]
+        else:
+            memcpy(<floating*>space.target_rows + i * n_classes, targets + row * n_classes,
+                   n_classes * sizeof(floating))
+
+
+cdef inline void head(const Batch* batch, const floating* targets, Workspace* space) noexcept nogil:
+    """The softmax-cross-entropy head on this worker's rows of the batch's logits: their summed loss into
+    its slot of batch.losses, the logit gradient in their place, its column sums."""
+    cdef Py_ssize_t n_classes = batch.sizes[batch.n_layers], first = batch.first_row
+    cdef const Py_ssize_t* labels
+    cdef const floating* target_rows
+    if batch.order != NULL:
+        gather_targets(batch, targets, space)
+        labels = batch.label_work if batch.labels != NULL else NULL
+        target_rows = <floating*>space.target_rows
+    else:
+        labels = batch.labels + batch.start if batch.labels != NULL else NULL
+        target_rows = targets + batch.start * n_classes if batch.labels == NULL else NULL
+    batch.losses[batch.me * LOSS_STRIDE] = softmax_cross_entropy(
+        <floating*>space.outputs[batch.n_layers] + first * n_classes, batch.stop_row - first, n_classes,
+        labels + first if labels != NULL else NULL,
+        target_rows + first * n_classes if labels == NULL else NULL, <floating>(1.0 / batch.m),
+        (<floating**>of_layer(space, space.column_sums, batch.n_layers))[batch.me])
+
+
+cdef inline bint batch_loss_is_finite(const Batch* batch, double* batch_loss) noexcept nogil:
+    """Sum every worker's loss: called past a barrier since the head by every worker, which all sum the
+    same losses in the same order, so all stop together, before any update of a non-finite batch."""
+    cdef int w
+    batch_loss[0] = 0
+    for w in range(batch.team):
+        batch_loss[0] += batch.losses[w * LOSS_STRIDE]
+    return isfinite(batch_loss[0])
+
+
+cdef inline bint train_batch(const Batch* batch, floating* params, floating* grads, const Rule* rule,
+                             const floating* X, const floating* targets, Workspace* space,
+                             double* batch_loss) noexcept nogil:
+    """This worker's part of one batch. Returns False, every worker together and with nothing written,
+    if the batch's loss is not finite."""
+    cdef Py_ssize_t n_layers = batch.n_layers, l
+    cdef const floating* x = batch_input(batch, X, space)
+    cdef const floating* layer_in
+    cdef WeightBlock block
+    for l in range(n_layers):
+        forward_layer(batch, l, params, x if l == 0 else <floating*>space.outputs[l], space)
+    head(batch, targets, space)
+    if not batch.by_rows:
+        barrier(batch.team)  # below, every worker reads every row of the error at the logits
+    for l in range(n_layers - 1, -1, -1):
+        layer_in = x if l == 0 else <floating*>space.outputs[l]
+        if l > 0:  # the first layer's input is the data: no error is passed into it
+            pass_error_down_share(batch, l, params, layer_in, space)
+        if batch.by_rows:
+            # Every worker has read these weights before anyone writes them, and the error at this
+            # layer's output is whole (the weight product sums over every row).
+            barrier(batch.team)
+        if l == n_layers - 1 and not batch_loss_is_finite(batch, batch_loss):
+            return False
+        block = weight_block(batch, l, space)
+        write_weight_block(rule, params, grads, &block, layer_in, batch.m, <floating*>space.deltas[l + 1])
+        if not batch.by_rows and l > 1:
+            barrier(batch.team)  # the error passed down is whole for the layer below
+    return True
+
+
+cdef inline void train_member(floating* params, floating* grads, const Py_ssize_t* sizes,
+                              Py_ssize_t n_layers, const floating* X, Py_ssize_t n,
+                              const Py_ssize_t* labels, const floating* targets, const Py_ssize_t* order,
+                              Py_ssize_t batch_size, Py_ssize_t first_batch, Py_ssize_t stop_batch,
+                              const Rule* rule, Workspace* space, Py_ssize_t* label_work, double* losses,
+                              TeamResult* result, int me, int team) noexcept nogil:
+    """Worker `me` of `team`'s part of training batches first_batch..stop_batch-1 (see train_batches)."""
+    cdef Batch batch
+    cdef Py_ssize_t b, width = widest(sizes, n_layers)
+    # The feature scheme needs a team, a hidden layer, and fits at most partial_rows rows (always so
+    # when split_by_rows says features; the bound of its buffers all the same).
+    cdef Py_ssize_t feature_rows = partial_rows(sizes, n_layers, batch_size) if team > 1 and n_layers > 1 else 0
+    cdef double batch_loss = 0
+    batch.sizes, batch.n_layers, batch.order, batch.labels = sizes, n_layers, order, labels
+    batch.label_work, batch.losses = label_work, losses
+    batch.me, batch.team = me, team
+    for b in range(first_batch, stop_batch):
+        batch.start = b * batch_size
+        batch.m = min(batch_size, n - batch.start)
+        batch.by_rows = batch.m > feature_rows or split_by_rows(batch.m, width, sizeof(floating))
+        batch.first_row = share_start(batch.m, me, team)
+        batch.stop_row = share_start(batch.m, me + 1, team)
+        if not train_batch(&batch, params, grads, rule, X, targets, space, &batch_loss):
+            break
+        if me == 0:
+            result.total += batch_loss
+            result.done += 1
+        barrier(team)

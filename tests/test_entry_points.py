@@ -1,0 +1,106 @@
+"""The compiled entry points refuse what would take them out of bounds, and leave the weights alone.
+
+Python checks values before calling them; these checks are the core's own, for shapes and counts that
+would otherwise divide by zero, read or write out of bounds, or overflow BLAS's 32-bit sizes.
+"""
+import numpy as np
+import pytest
+
+from mlpcore import _compiled
+from conftest import make_problem
+
+SIZES = np.array([5, 6, 3], dtype=np.intp)
+N_PARAMS = 6 * 6 + 7 * 3
+
+
+def _train_args(n=10, batch_size=4, order=True, label_work=4, first=0, stop=3):
+    rng = np.random.default_rng(0)
+    X, y = make_problem(list(SIZES), n, np.float64)
+    params = rng.normal(size=N_PARAMS)
+    work = np.empty(_compiled.workspace_size(SIZES, max(batch_size, 1), True, 1, True))
+    return dict(params=params, grads=np.empty_like(params), sizes=SIZES, X=X, labels=y.astype(np.intp),
+                targets=np.empty((0, 3)), order=np.arange(n, dtype=np.intp) if order else np.empty(0, np.intp),
+                batch_size=batch_size, first_batch=first, stop_batch=stop,
+                rule=_compiled.UpdateRule(_compiled.SGD, 0.1), work=work,
+                label_work=np.empty(label_work, np.intp))
+
+
+def test_a_valid_call_trains_every_batch():
+    total, done = _compiled.train_batches(*_train_args().values())
+    assert done == 3 and np.isfinite(total)
+
+
+@pytest.mark.parametrize("first,stop", [(0, 4), (2, 1), (-1, 2), (4, 4)])
+def test_batches_past_the_end_are_refused(first, stop):
+    args = _train_args(first=first, stop=stop)
+    before = args["params"].copy()
+    with pytest.raises(ValueError, match="not within the 3 batches"):
+        _compiled.train_batches(*args.values())
+    np.testing.assert_array_equal(args["params"], before)
+
+
+def test_a_short_label_work_is_refused():
+    args = _train_args(label_work=3)
+    before = args["params"].copy()
+    with pytest.raises(ValueError, match="label_work holds 3 labels"):
+        _compiled.train_batches(*args.values())
+    np.testing.assert_array_equal(args["params"], before)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2**31])
+def test_batch_sizes_blas_cannot_take_are_refused(batch_size):
+    args = _train_args()
+    args["batch_size"] = batch_size
+    before = args["params"].copy()
+    with pytest.raises(ValueError, match=r"batch_size must be in \[1, 2\*\*31 - 1\]"):
+        _compiled.train_batches(*args.values())
+    np.testing.assert_array_equal(args["params"], before)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("params", np.zeros(N_PARAMS - 1), "params has 56 entries"),
+    ("grads", np.zeros(N_PARAMS + 1), "grads has 58 entries"),
+    ("X", np.zeros((10, 4)), r"X has shape \(10, 4\)"),
+    ("labels", np.zeros(9, np.intp), "labels has 9 entries for 10 rows"),
+    ("order", np.arange(9, dtype=np.intp), "order has 9 entries for 10 rows"),
+    ("sizes", np.array([5, 0, 3], dtype=np.intp), "every layer size"),
+])
+def test_shapes_that_disagree_are_refused(field, value, message):
+    args = _train_args()
+    args[field] = value
+    with pytest.raises(ValueError, match=message):
+        _compiled.train_batches(*args.values())
+
+
+def test_target_rows_of_the_wrong_shape_are_refused():
+    args = _train_args()
+    args["labels"], args["targets"] = np.empty(0, np.intp), np.full((10, 2), 0.5)
+    with pytest.raises(ValueError, match=r"targets has shape \(10, 2\)"):
+        _compiled.train_batches(*args.values())
+
+
+def test_a_workspace_beyond_memory_is_refused_not_overflowed():
+    wide = np.array([2**31 - 1] * 6, dtype=np.intp)
+    with pytest.raises(ValueError, match="more elements than memory can"):
+        _compiled.workspace_size(wide, 2**31 - 1, True, 64, True)
+    with pytest.raises(ValueError, match=r"the rows of a batch must be in \[1, 2\*\*31 - 1\]"):
+        _compiled.workspace_size(SIZES, 2**31)
+
+
+def test_inference_refuses_a_chunk_blas_cannot_take_and_a_wrong_output():
+    params = np.zeros(N_PARAMS)
+    X = np.zeros((4, 5))
+    work = np.empty(_compiled.workspace_size(SIZES, 4))
+    with pytest.raises(ValueError, match=r"chunk must be in \[1, 2\*\*31 - 1\]"):
+        _compiled.predict_proba(params, SIZES, X, np.empty((4, 3)), work, 0)
+    with pytest.raises(ValueError, match=r"out has shape \(4, 2\)"):
+        _compiled.predict_proba(params, SIZES, X, np.empty((4, 2)), work, 4)
+
+
+def test_update_rules_are_explicit():
+    assert _compiled.UpdateRule(_compiled.GRADIENTS_ONLY).kind == _compiled.GRADIENTS_ONLY
+    assert _compiled.UpdateRule(_compiled.SGD, 0.5).lr == 0.5
+    with pytest.raises(ValueError, match="SGD needs a learning rate > 0"):
+        _compiled.UpdateRule(_compiled.SGD, 0.0)
+    with pytest.raises(ValueError, match="unknown update rule kind 7"):
+        _compiled.UpdateRule(7)
