@@ -309,9 +309,8 @@ def _info(args):
         if lib.get("user_api") == "blas":
             print(f"  {lib['internal_api']} {lib.get('version')} ({lib.get('architecture')}), "
                   f"{lib['num_threads']} threads: {lib['filepath']}")
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"cores this process may use: {usable}")
-    from . import _compiled
+    from . import _compiled, _threads
+    print(f"cores this process may use: {_threads.usable_cores()}")
     print("training threads: " + (
         "an OpenMP team, one per core by default, each calling BLAS on one thread" if _compiled.OPENMP else
         "BLAS's (built without OpenMP)") + "; inference: BLAS's threads")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _compiled
+from . import _compiled, _threads
 from . import _validation as check
 from ._files import atomic_write
 from ._version import __version__
@@ -24,93 +24,6 @@ _CHUNK_ROWS = 2048
 _SECONDS_PER_CALL = 0.2
 # Inputs larger than this are probably unscaled (raw pixels are 0..255): fit warns.
 _LARGE_INPUT = 50.0
-
-# fit shares each batch out between its threads only if each gets at least this many rows; below that,
-# one thread trains and BLAS gets the threads (its products on a few rows are too small to split well).
-_MIN_ROWS_PER_WORKER = 16
-
-_blas_controller = None
-
-
-def _usable_cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def _blas_threads(threads):
-    """A context manager limiting the BLAS that mlpcore calls to `threads` threads for its duration (every
-    core this process may use if None)."""
-    global _blas_controller
-    if _blas_controller is None:
-        _blas_controller = _find_blas_controller()  # inspecting the loaded libraries costs ~ms: once
-    if threads is None:
-        threads = _usable_cores()
-    return _blas_controller.limit(limits=threads, user_api="blas")
-
-
-# GNU libgomp is not fork-safe: a child forked after this process has run a team hangs in its own first
-# team. So such a child runs one worker (with BLAS's threads) from then on.
-_teams_forbidden = False
-_team_started = False
-
-
-def _after_fork_in_child():
-    global _teams_forbidden
-    _teams_forbidden = _teams_forbidden or _team_started
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _team(threads, batch_size):
-    """(workers, BLAS threads) for a compiled call on batches of `batch_size` rows, on `threads` threads
-    (None: every usable core).
-
-    The threads are a team of workers that share out each batch's work, each calling BLAS on its share
-    with BLAS itself on one thread: the gather, the elementwise passes and the head run in parallel too,
-    not only the products, and the work is split so that little data moves between cores (see _compiled).
-    The two kinds of threads are never nested. When the batch is too small to share out, one worker runs
-    and BLAS gets the threads. There are never more workers than usable cores: a worker waiting at a
-    barrier spins, and one without a core of its own stalls the others.
-    """
-    global _team_started
-    threads = _usable_cores() if threads is None else threads
-    if not _compiled.OPENMP or _teams_forbidden:
-        return 1, threads
-    workers = min(threads, _usable_cores(), _compiled.MAX_WORKERS, max(1, batch_size // _MIN_ROWS_PER_WORKER))
-    if workers > 1:
-        _team_started = True
-        return workers, 1
-    return 1, threads
-
-
-def _inference_team(threads, chunk, team):
-    """(workers, BLAS threads) for inference: BLAS's threads, except inside fit (team=True), on fit's team.
-
-    Measured: a team started within ~0.1 s after a multi-threaded BLAS call shares the cores with
-    OpenBLAS's worker thread, still spinning, and a 10,000-row predict_proba then takes twice as long;
-    standalone, the team gains nothing over BLAS's own threads on the forward pass. Inside a fit that
-    trains on a team, BLAS stays single-threaded throughout, so its threads never wake to slow the next
-    epoch.
-    """
-    return _team(threads, chunk) if team else (1, threads)
-
-
-def _find_blas_controller():
-    """A threadpoolctl controller for the BLAS behind scipy.linalg.cython_blas.
-
-    NumPy's wheels bundle a private BLAS that mlpcore never calls; setting its thread count wakes its
-    idle threads, which then compete for the cores with the BLAS mlpcore does call. So every BLAS except
-    one inside NumPy's own folders is selected (all of them, should NumPy's be the only one).
-    """
-    from threadpoolctl import ThreadpoolController
-
-    controller = ThreadpoolController()
-    numpy_dir = os.path.dirname(os.path.realpath(np.__file__))
-    numpy_dirs = (numpy_dir + os.sep, numpy_dir + ".libs" + os.sep)
-    others = [lib.filepath for lib in controller.lib_controllers
-              if lib.user_api == "blas" and not os.path.realpath(lib.filepath).startswith(numpy_dirs)]
-    return controller.select(filepath=others) if others else controller.select(user_api="blas")
 
 
 @dataclass
@@ -227,9 +140,9 @@ class Network:
 
     def _proba(self, X, threads, team=False):
         chunk = min(X.shape[0], _CHUNK_ROWS)
-        workers, blas_threads = _inference_team(threads, chunk, team)
+        workers, blas_threads = _threads.inference_team(threads, chunk, team)
         out = np.empty((X.shape[0], self.n_classes), dtype=self.dtype)
-        with _blas_threads(blas_threads):
+        with _threads.blas_threads(blas_threads):
             _compiled.predict_proba(self._params, self._sizes, X, out, self._chunk_workspace(chunk, workers),
                                 chunk, workers)
         return out
@@ -241,8 +154,8 @@ class Network:
 
     def _mean_loss(self, X, labels, targets, threads, team=False):
         chunk = min(X.shape[0], _CHUNK_ROWS)
-        workers, blas_threads = _inference_team(threads, chunk, team)
-        with _blas_threads(blas_threads):
+        workers, blas_threads = _threads.inference_team(threads, chunk, team)
+        with _threads.blas_threads(blas_threads):
             return _compiled.mean_loss(self._params, self._sizes, X, *self._target_args(labels, targets),
                                    self._chunk_workspace(chunk, workers), chunk, workers)
 
@@ -280,9 +193,9 @@ class Network:
     def _train_rows(self, X, labels, targets, grads, rule):
         """The whole of X as one batch, through the update rule `rule`."""
         n = X.shape[0]
-        workers, blas_threads = _team(None, n)
+        workers, blas_threads = _threads.team(None, n)
         work = np.empty(_compiled.workspace_size(self._sizes, n, False, workers, True), dtype=self.dtype)
-        with _blas_threads(blas_threads):
+        with _threads.blas_threads(blas_threads):
             return _compiled.train_batches(
                 self._params, grads, self._sizes, X, *self._target_args(labels, targets),
                 _NO_ORDER, n, 0, 1, rule, work, np.empty(1, dtype=np.intp), workers)
@@ -350,7 +263,7 @@ class Network:
         n_batches = -(-n // batch_size)
         rng = np.random.default_rng(seed)
         # Everything the batches need is allocated here, once, and reused by every batch.
-        workers, blas_threads = _team(threads, batch_size)
+        workers, blas_threads = _threads.team(threads, batch_size)
         grads = np.empty_like(self._params)
         work = np.empty(_compiled.workspace_size(self._sizes, batch_size, shuffle, workers, True),
                         dtype=self.dtype)
@@ -361,7 +274,7 @@ class Network:
         history = History()
         per_call = 1  # batches per compiled call, adapted to _SECONDS_PER_CALL from epoch to epoch
 
-        with _blas_threads(blas_threads):
+        with _threads.blas_threads(blas_threads):
             try:
                 for epoch in range(1, epochs + 1):
                     started = time.perf_counter()
