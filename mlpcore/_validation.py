@@ -4,6 +4,7 @@ import numbers
 import numpy as np
 
 from . import _compiled
+from ._initialisation import INITS
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -16,6 +17,12 @@ def check_dtype(dtype):
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype.name!r}")
     return dtype
+
+
+def check_init(init):
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return init
 
 
 def check_layer_sizes(layer_sizes):

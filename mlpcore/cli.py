@@ -11,6 +11,7 @@ import numpy as np
 
 from . import __version__
 from ._files import atomic_write
+from ._initialisation import INITS
 
 HISTORY_FIELDS = ("epoch", "train_loss", "test_loss", "test_accuracy", "seconds")
 # Defaults: the student's network, with an initialisation and learning rate that make it learn.
@@ -74,7 +75,7 @@ def _build_parser():
     train.add_argument("--hidden", type=_positive_int, nargs="*", default=list(DEFAULT_HIDDEN),
                        metavar="N", help="hidden layer sizes (default: 300 300; none: softmax regression)")
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    train.add_argument("--init", choices=("he", "glorot", "normal"), default="he")
+    train.add_argument("--init", choices=INITS, default="he")
     train.add_argument("--seed", type=_seed, default=0, help="seed of the initial weights and shuffling")
     train.add_argument("--data", type=Path, help=data_help)
     train.add_argument("--out", type=Path, help="output folder (default: a new folder under runs/)")

@@ -11,9 +11,9 @@ import numpy as np
 from . import _compiled, _threads
 from . import _validation as check
 from ._files import atomic_write
+from ._initialisation import INITS, initial_weights  # noqa: F401  (INITS stays importable from here)
 from ._version import __version__
 
-INITS = ("he", "glorot", "normal")
 # What a saved model file holds; `format` tells an mlpcore model from any other .npz.
 _FILE_FORMAT = "mlpcore-network"
 _FILE_VERSION = 1
@@ -75,13 +75,12 @@ class Network:
     def __init__(self, layer_sizes, *, dtype="float32", init="he", seed=None):
         self.layer_sizes = check.check_layer_sizes(layer_sizes)
         self.dtype = check.check_dtype(dtype)
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        check.check_init(init)
         self._sizes = np.array(self.layer_sizes, dtype=np.intp)
         self._shapes = [(n_in + 1, n_out)
                         for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:])]
         self._params = np.empty(sum(r * c for r, c in self._shapes), dtype=self.dtype)
-        self.weights = _initial_weights(self._shapes, init, np.random.default_rng(seed))
+        self.weights = initial_weights(self._shapes, init, np.random.default_rng(seed))
         self.metadata = {}
 
     # ---------------------------------------------------------------------------------------------
@@ -372,22 +371,6 @@ def _split(flat, shapes):
         arrays.append(flat[offset:offset + rows * cols].reshape(rows, cols))
         offset += rows * cols
     return arrays
-
-
-def _initial_weights(shapes, init, rng):
-    weights = []
-    for n_in_plus_bias, n_out in shapes:
-        n_in = n_in_plus_bias - 1
-        W = np.zeros((n_in_plus_bias, n_out))
-        if init == "he":
-            W[:-1] = rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_in, n_out))
-        elif init == "glorot":
-            limit = np.sqrt(6.0 / (n_in + n_out))
-            W[:-1] = rng.uniform(-limit, limit, size=(n_in, n_out))
-        else:
-            W[:] = rng.normal(0.0, 0.01, size=W.shape)
-        weights.append(W)
-    return weights
 
 
 def load(path):
