@@ -1,22 +1,14 @@
 """The Network class: a thin Python layer that validates input and hands it to the compiled core."""
-import json
-import os
 import time
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _compiled, _threads
+from . import _compiled, _model_files, _threads
 from . import _validation as check
-from ._files import atomic_write
 from ._initialisation import INITS, initial_weights  # noqa: F401  (INITS stays importable from here)
-from ._version import __version__
 
-# What a saved model file holds; `format` tells an mlpcore model from any other .npz.
-_FILE_FORMAT = "mlpcore-network"
-_FILE_VERSION = 1
 # Rows per block for predict_proba and loss: large enough for BLAS to run at full speed, small enough that
 # the workspace stays a few MiB whatever the size of X.
 _CHUNK_ROWS = 2048
@@ -329,16 +321,7 @@ class Network:
         The file holds the layer sizes, the dtype, the weights and ``metadata`` (with the mlpcore
         version added); ``mlpcore.load(path)`` gives back bit-identical weights.
         """
-        metadata = dict(self.metadata, mlpcore_version=__version__)
-        try:
-            metadata_json = json.dumps(metadata)
-        except TypeError as exc:
-            raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
-        arrays = {f"weights_{i}": W for i, W in enumerate(self.weights)}
-        with atomic_write(path) as f:
-            np.savez(f, format=np.array(_FILE_FORMAT), format_version=np.array(_FILE_VERSION),
-                     layer_sizes=np.array(self.layer_sizes, dtype=np.int64),
-                     dtype=np.array(self.dtype.name), metadata=np.array(metadata_json), **arrays)
+        _model_files.write(path, self.layer_sizes, self.dtype, self.weights, self.metadata)
 
     # ---------------------------------------------------------------------------------------------
 
@@ -379,45 +362,8 @@ def load(path):
     Raises FileNotFoundError if `path` does not exist, and ValueError naming the file if it is not a
     complete, consistent mlpcore model file.
     """
-    path = os.fspath(path)
-    if os.path.isfile(path) and not zipfile.is_zipfile(path):
-        # Checked first: np.load would try it as a pickle and suggest allow_pickle=True.
-        raise ValueError(f"{path} is not a readable mlpcore model file (truncated, or not a .npz "
-                         "archive)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            contents = {key: npz[key] for key in npz.files}
-    except FileNotFoundError:
-        raise
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a folder, not an mlpcore model file") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path} is not a readable mlpcore model file (truncated or not a .npz "
-                         f"file): {exc}") from None
-    if str(contents.get("format", "")) != _FILE_FORMAT:
-        raise ValueError(f"{path} is not an mlpcore model file (a .npz file without "
-                         f"format={_FILE_FORMAT!r})")
-    try:
-        if int(contents["format_version"]) > _FILE_VERSION:
-            raise ValueError(f"it was written by a newer mlpcore (file format "
-                             f"{int(contents['format_version'])}); upgrade mlpcore to read it")
-        layer_sizes = [int(s) for s in contents["layer_sizes"]]
-        n_layers = len(layer_sizes) - 1
-        dtype = check.check_dtype(str(contents["dtype"]))
-        weights = [contents[f"weights_{i}"] for i in range(n_layers)]
-        # Checked against each other before a network of that size is built.
-        check.check_layer_sizes(layer_sizes)
-        check.check_weights(weights, layer_sizes, dtype)
-        wrong = [i for i, W in enumerate(weights) if W.dtype != dtype]
-        if wrong:
-            raise ValueError(f"weights_{wrong[0]} is {weights[wrong[0]].dtype}, but the model is {dtype}")
-        net = Network(layer_sizes, dtype=dtype)
-        net.weights = weights
-        net.metadata = json.loads(str(contents["metadata"]))
-        extra = set(contents) - {"format", "format_version", "layer_sizes", "dtype", "metadata"} - {
-            f"weights_{i}" for i in range(n_layers)}
-        if extra:
-            raise ValueError(f"unexpected entries {sorted(extra)}")
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ValueError(f"{path} is an inconsistent mlpcore model file: {exc}") from None
+    layer_sizes, dtype, weights, metadata = _model_files.read(path)
+    net = Network(layer_sizes, dtype=dtype)
+    net.weights = weights
+    net.metadata = metadata
     return net
