@@ -160,7 +160,8 @@ class Network:
         """Mean cross-entropy on (X, y) and its gradient for every weight array (same shapes)."""
         X, labels, targets = self._check_data(X, y)
         grads = np.empty_like(self._params)
-        total, done = self._train_rows(X, labels, targets, grads, _compiled.UpdateRule(_compiled.GRADIENTS_ONLY))
+        total, done = self._one_batch_of_all_rows(X, labels, targets, grads,
+                                                  _compiled.UpdateRule(_compiled.GRADIENTS_ONLY))
         if done == 0:
             raise TrainingDiverged(
                 "the loss is not finite for these weights and inputs: the logits overflow "
@@ -172,8 +173,8 @@ class Network:
         X, labels, targets = self._check_data(X, y)
         lr = check.check_learning_rate(lr)
         before = self._params.copy()
-        total, done = self._train_rows(X, labels, targets, np.empty_like(self._params),
-                                       _compiled.UpdateRule(_compiled.SGD, lr))
+        total, done = self._one_batch_of_all_rows(X, labels, targets, np.empty_like(self._params),
+                                                  _compiled.UpdateRule(_compiled.SGD, lr))
         if done == 0 or not np.isfinite(self._params).all():
             self._params[...] = before
             raise TrainingDiverged(
@@ -181,7 +182,7 @@ class Network:
                 "left as they were. Lower lr, or scale the inputs")
         return total / X.shape[0]
 
-    def _train_rows(self, X, labels, targets, grads, rule):
+    def _one_batch_of_all_rows(self, X, labels, targets, grads, rule):
         """The whole of X as one batch, through the update rule `rule`."""
         n = X.shape[0]
         workers, blas_threads = _threads.team(None, n)
@@ -189,7 +190,7 @@ class Network:
         with _threads.blas_threads(blas_threads):
             return _compiled.train_batches(
                 self._params, grads, self._sizes, X, *self._target_args(labels, targets),
-                _NO_ORDER, n, 0, 1, rule, work, np.empty(1, dtype=np.intp), workers)
+                _ROWS_IN_ORDER, n, 0, 1, rule, work, np.empty(1, dtype=np.intp), workers)
 
     def fit(self, X, y, *, epochs, batch_size=600, lr=0.1, shuffle=True, seed=None, threads=None,
             validation_data=None, on_epoch_end=None, on_progress=None):
@@ -269,7 +270,7 @@ class Network:
             try:
                 for epoch in range(1, epochs + 1):
                     started = time.perf_counter()
-                    order = rng.permutation(n).astype(np.intp, copy=False) if shuffle else _NO_ORDER
+                    order = rng.permutation(n).astype(np.intp, copy=False) if shuffle else _ROWS_IN_ORDER
                     total, batch = 0.0, 0
                     while batch < n_batches:
                         stop = min(n_batches, batch + per_call)
@@ -334,10 +335,13 @@ class Network:
         """The (labels, targets) pair the core takes: the unused one is empty."""
         if labels is not None:
             return labels, np.empty((0, self.n_classes), dtype=self.dtype)
-        return _NO_ORDER, targets
+        return _NO_LABELS, targets
 
 
-_NO_ORDER = np.empty(0, dtype=np.intp)
+# What the compiled calls read as "not given": an empty `order` means the rows in their own order, used in
+# place; empty `labels` mean that the targets are rows of probabilities.
+_ROWS_IN_ORDER = np.empty(0, dtype=np.intp)
+_NO_LABELS = np.empty(0, dtype=np.intp)
 
 
 def _next_call_size(per_call, done, seconds):
