@@ -1,42 +1,18 @@
 """The Network class: a thin Python layer that validates input and hands it to the compiled core."""
-import time
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _compiled, _model_files, _threads
+from . import _compiled, _model_files, _threads, _training
 from . import _validation as check
 from ._initialisation import INITS, initial_weights  # noqa: F401  (INITS stays importable from here)
+from ._training import History, TrainingDiverged  # noqa: F401  (History stays importable from here)
 
 # Rows per block for predict_proba and loss: large enough for BLAS to run at full speed, small enough that
 # the workspace stays a few MiB whatever the size of X.
 _CHUNK_ROWS = 2048
-# How long one compiled call of fit may run before Python gets control back (progress, Ctrl-C).
-_SECONDS_PER_CALL = 0.2
 # Inputs larger than this are probably unscaled (raw pixels are 0..255): fit warns.
 _LARGE_INPUT = 50.0
-
-
-@dataclass
-class History:
-    """What fit recorded, one entry per finished epoch.
-
-    ``loss`` is the mean training loss over the epoch's batches (weighted by batch size), measured as the
-    batches were trained. ``val_loss`` and ``val_accuracy`` are filled when fit gets ``validation_data``.
-    """
-    epoch: list = field(default_factory=list)
-    loss: list = field(default_factory=list)
-    seconds: list = field(default_factory=list)
-    val_loss: list = field(default_factory=list)
-    val_accuracy: list = field(default_factory=list)
-
-    def as_dict(self):
-        return {name: list(values) for name, values in vars(self).items()}
-
-
-class TrainingDiverged(ValueError):
-    """The loss or the weights became NaN or infinite; the weights are left as they were before."""
 
 
 class Network:
@@ -160,8 +136,8 @@ class Network:
         """Mean cross-entropy on (X, y) and its gradient for every weight array (same shapes)."""
         X, labels, targets = self._check_data(X, y)
         grads = np.empty_like(self._params)
-        total, done = self._one_batch_of_all_rows(X, labels, targets, grads,
-                                                  _compiled.UpdateRule(_compiled.GRADIENTS_ONLY))
+        total, done = _training.one_batch_of_all_rows(
+            self, X, labels, targets, grads, _compiled.UpdateRule(_compiled.GRADIENTS_ONLY))
         if done == 0:
             raise TrainingDiverged(
                 "the loss is not finite for these weights and inputs: the logits overflow "
@@ -173,24 +149,14 @@ class Network:
         X, labels, targets = self._check_data(X, y)
         lr = check.check_learning_rate(lr)
         before = self._params.copy()
-        total, done = self._one_batch_of_all_rows(X, labels, targets, np.empty_like(self._params),
-                                                  _compiled.UpdateRule(_compiled.SGD, lr))
+        total, done = _training.one_batch_of_all_rows(
+            self, X, labels, targets, np.empty_like(self._params), _compiled.UpdateRule(_compiled.SGD, lr))
         if done == 0 or not np.isfinite(self._params).all():
             self._params[...] = before
             raise TrainingDiverged(
                 f"the step produced a non-finite loss or weights (lr={lr:g}); the weights were "
                 "left as they were. Lower lr, or scale the inputs")
         return total / X.shape[0]
-
-    def _one_batch_of_all_rows(self, X, labels, targets, grads, rule):
-        """The whole of X as one batch, through the update rule `rule`."""
-        n = X.shape[0]
-        workers, blas_threads = _threads.team(None, n)
-        work = np.empty(_compiled.workspace_size(self._sizes, n, False, workers, True), dtype=self.dtype)
-        with _threads.blas_threads(blas_threads):
-            return _compiled.train_batches(
-                self._params, grads, self._sizes, X, *self._target_args(labels, targets),
-                _ROWS_IN_ORDER, n, 0, 1, rule, work, np.empty(1, dtype=np.intp), workers)
 
     def fit(self, X, y, *, epochs, batch_size=600, lr=0.1, shuffle=True, seed=None, threads=None,
             validation_data=None, on_epoch_end=None, on_progress=None):
@@ -238,10 +204,11 @@ class Network:
         batch_size = check.check_positive_int(batch_size, "batch_size")
         lr = check.check_learning_rate(lr)
         threads = check.check_threads(threads)
+        validation = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise TypeError("validation_data must be a pair (X_val, y_val)")
-            X_val, val_labels, val_targets = self._check_data(*validation_data)
+            validation = self._check_data(*validation_data)
         for name, callback in (("on_epoch_end", on_epoch_end), ("on_progress", on_progress)):
             if callback is not None and not callable(callback):
                 raise TypeError(f"{name} must be callable or None, got {callback!r}")
@@ -249,69 +216,9 @@ class Network:
             warnings.warn(f"X has values as large as {largest:g}: unscaled inputs make training "
                           "slow or unstable. Scale them (X / 255 for pixels) or standardise them.",
                           stacklevel=2)
-
-        n = X.shape[0]
-        batch_size = min(batch_size, n)
-        n_batches = -(-n // batch_size)
-        rng = np.random.default_rng(seed)
-        # Everything the batches need is allocated here, once, and reused by every batch.
-        workers, blas_threads = _threads.team(threads, batch_size)
-        grads = np.empty_like(self._params)
-        work = np.empty(_compiled.workspace_size(self._sizes, batch_size, shuffle, workers, True),
-                        dtype=self.dtype)
-        label_work = np.empty(batch_size, dtype=np.intp)
-        last_good = self._params.copy()
-        label_args = self._target_args(labels, targets)
-        rule = _compiled.UpdateRule(_compiled.SGD, lr)
-        history = History()
-        per_call = 1  # batches per compiled call, adapted to _SECONDS_PER_CALL from epoch to epoch
-
-        with _threads.blas_threads(blas_threads):
-            try:
-                for epoch in range(1, epochs + 1):
-                    started = time.perf_counter()
-                    order = rng.permutation(n).astype(np.intp, copy=False) if shuffle else _ROWS_IN_ORDER
-                    total, batch = 0.0, 0
-                    while batch < n_batches:
-                        stop = min(n_batches, batch + per_call)
-                        call_started = time.perf_counter()
-                        loss_sum, done = _compiled.train_batches(
-                            self._params, grads, self._sizes, X, *label_args, order, batch_size,
-                            batch, stop, rule, work, label_work, workers)
-                        total += loss_sum
-                        batch += done
-                        if batch < stop:
-                            raise TrainingDiverged(
-                                f"training diverged: the loss became NaN or infinite at epoch {epoch}, "
-                                f"batch {batch + 1} of {n_batches} (lr={lr:g}). Lower lr, or scale "
-                                "the inputs")
-                        if on_progress is not None:
-                            on_progress(epoch, batch, n_batches)
-                        per_call = _next_call_size(per_call, done,
-                                                   time.perf_counter() - call_started)
-                    if not np.isfinite(self._params).all():
-                        raise TrainingDiverged(
-                            f"training diverged: the weights became NaN or infinite in epoch {epoch} "
-                            f"(lr={lr:g}). Lower lr, or scale the inputs")
-                    seconds = time.perf_counter() - started
-                    if validation_data is not None:
-                        val_loss = self._mean_loss(X_val, val_labels, val_targets, threads, team=True)
-                        val_accuracy = self._accuracy(X_val, val_labels, val_targets, threads, team=True)
-                        history.val_loss.append(val_loss)
-                        history.val_accuracy.append(val_accuracy)
-                    history.epoch.append(epoch)
-                    history.loss.append(total / n)
-                    history.seconds.append(seconds)
-                    if on_epoch_end is not None:
-                        on_epoch_end(history)
-                    # The epoch is finished only now: what raises before this rolls back to the last one.
-                    np.copyto(last_good, self._params)
-            except BaseException:
-                # Whatever stopped the epoch (divergence, Ctrl-C, a failing callback), the weights go back
-                # to the end of the last finished epoch: never half an epoch.
-                np.copyto(self._params, last_good)
-                raise
-        return history
+        return _training.train_epochs(
+            self, X, labels, targets, epochs=epochs, batch_size=batch_size, lr=lr, shuffle=shuffle, seed=seed,
+            threads=threads, validation=validation, on_epoch_end=on_epoch_end, on_progress=on_progress)
 
     # ---------------------------------------------------------------------------------------------
     # Files
@@ -338,18 +245,8 @@ class Network:
         return _NO_LABELS, targets
 
 
-# What the compiled calls read as "not given": an empty `order` means the rows in their own order, used in
-# place; empty `labels` mean that the targets are rows of probabilities.
-_ROWS_IN_ORDER = np.empty(0, dtype=np.intp)
+# Empty `labels` tell the compiled calls that the targets are rows of probabilities.
 _NO_LABELS = np.empty(0, dtype=np.intp)
-
-
-def _next_call_size(per_call, done, seconds):
-    """Batches for the next compiled call, from `done` batches taking `seconds` in the last one: aiming at
-    _SECONDS_PER_CALL, growing at most 4x a call."""
-    if seconds <= 0:
-        return per_call * 4
-    return max(1, min(per_call * 4, int(done * _SECONDS_PER_CALL / seconds)))
 
 
 def _split(flat, shapes):
