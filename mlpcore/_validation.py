@@ -1,5 +1,6 @@
 """Input checks, run in Python before any compiled code: the kernels trust what they are given."""
 import numbers
+import warnings
 
 import numpy as np
 
@@ -7,6 +8,8 @@ from . import _compiled
 from ._initialisation import INITS
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Inputs larger than this are probably unscaled (raw pixels are 0..255): fit warns.
+_LARGE_INPUT = 50.0
 
 
 def check_dtype(dtype):
@@ -66,6 +69,27 @@ def check_threads(threads):
     if threads is None:
         return None
     return check_positive_int(threads, "threads")
+
+
+def check_callback(callback, name):
+    if callback is not None and not callable(callback):
+        raise TypeError(f"{name} must be callable or None, got {callback!r}")
+    return callback
+
+
+def check_validation_pair(validation_data):
+    """fit's validation_data as a pair (X_val, y_val), to be checked like X and y."""
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise TypeError("validation_data must be a pair (X_val, y_val)")
+    return validation_data
+
+
+def warn_if_unscaled(largest):
+    """Warn, from fit, that X looks unscaled if its largest |x| is `largest`."""
+    if largest > _LARGE_INPUT:
+        warnings.warn(f"X has values as large as {largest:g}: unscaled inputs make training "
+                      "slow or unstable. Scale them (X / 255 for pixels) or standardise them.",
+                      stacklevel=3)  # at fit's caller
 
 
 def _as_real_array(a, name):

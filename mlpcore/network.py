@@ -1,6 +1,4 @@
 """The Network class: a thin Python layer that validates input and hands it to the compiled core."""
-import warnings
-
 import numpy as np
 
 from . import _compiled, _model_files, _threads, _training
@@ -11,8 +9,6 @@ from ._training import History, TrainingDiverged  # noqa: F401  (History stays i
 # Rows per block for predict_proba and loss: large enough for BLAS to run at full speed, small enough that
 # the workspace stays a few MiB whatever the size of X.
 _CHUNK_ROWS = 2048
-# Inputs larger than this are probably unscaled (raw pixels are 0..255): fit warns.
-_LARGE_INPUT = 50.0
 
 
 class Network:
@@ -206,16 +202,10 @@ class Network:
         threads = check.check_threads(threads)
         validation = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data must be a pair (X_val, y_val)")
-            validation = self._check_data(*validation_data)
-        for name, callback in (("on_epoch_end", on_epoch_end), ("on_progress", on_progress)):
-            if callback is not None and not callable(callback):
-                raise TypeError(f"{name} must be callable or None, got {callback!r}")
-        if largest > _LARGE_INPUT:
-            warnings.warn(f"X has values as large as {largest:g}: unscaled inputs make training "
-                          "slow or unstable. Scale them (X / 255 for pixels) or standardise them.",
-                          stacklevel=2)
+            validation = self._check_data(*check.check_validation_pair(validation_data))
+        check.check_callback(on_epoch_end, "on_epoch_end")
+        check.check_callback(on_progress, "on_progress")
+        check.warn_if_unscaled(largest)
         return _training.train_epochs(
             self, X, labels, targets, epochs=epochs, batch_size=batch_size, lr=lr, shuffle=shuffle, seed=seed,
             threads=threads, validation=validation, on_epoch_end=on_epoch_end, on_progress=on_progress)
