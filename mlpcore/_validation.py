@@ -48,12 +48,16 @@ def check_layer_sizes(layer_sizes):
     return tuple(int(s) for s in sizes)
 
 
-def check_positive_int(value, name):
+def check_integer_at_least(value, name, minimum):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_positive_int(value, name):
+    return check_integer_at_least(value, name, 1)
 
 
 def check_learning_rate(lr):
