@@ -10,6 +10,8 @@ from ._initialisation import INITS
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Inputs larger than this are probably unscaled (raw pixels are 0..255): fit warns.
 _LARGE_INPUT = 50.0
+# The most rows of X that train_step and loss_and_gradients take, as one batch: BLAS takes 32-bit row counts.
+_MAX_BATCH_ROWS = 2**31 - 1
 
 
 def check_dtype(dtype):
@@ -116,10 +118,11 @@ def _check_finite(arr, name):
         raise ValueError(f"{name} contains {what}")
 
 
-def check_X(X, n_features, dtype, *, return_max_abs=False):
+def check_X(X, n_features, dtype, *, return_max_abs=False, one_batch=False):
     """X as a C-contiguous array of `dtype` with shape (n, n_features); copies only if needed.
 
     With return_max_abs, returns (X, the largest |x|), found in the same pass as the finiteness check.
+    With one_batch, X is to be trained on as one batch, which holds at most _MAX_BATCH_ROWS rows.
     """
     arr = _as_real_array(X, "X")
     if arr.ndim != 2:
@@ -131,6 +134,10 @@ def check_X(X, n_features, dtype, *, return_max_abs=False):
     if arr.shape[1] != n_features:
         raise ValueError(
             f"X has {arr.shape[1]} features, but the network expects {n_features}")
+    if one_batch and arr.shape[0] > _MAX_BATCH_ROWS:
+        # Before the conversion below: X would be copied, at many gigabytes, only to be refused.
+        raise ValueError(f"X has {arr.shape[0]} rows, but one batch holds at most {_MAX_BATCH_ROWS} (BLAS "
+                         f"takes 32-bit row counts): split X into batches of at most {_MAX_BATCH_ROWS} rows")
     with np.errstate(over="ignore"):  # a value too large for dtype becomes inf, reported just below
         arr = np.ascontiguousarray(arr, dtype=dtype)
     # One compiled pass and no temporary: X may be most of the memory the process has.

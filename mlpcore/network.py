@@ -130,7 +130,7 @@ class Network:
 
     def loss_and_gradients(self, X, y):
         """Mean cross-entropy on (X, y) and its gradient for every weight array (same shapes)."""
-        X, labels, targets = self._check_data(X, y)
+        X, labels, targets = self._check_data(X, y, one_batch=True)
         grads = np.empty_like(self._params)
         total, done = _training.one_batch_of_all_rows(
             self, X, labels, targets, grads, _compiled.UpdateRule(_compiled.GRADIENTS_ONLY))
@@ -142,7 +142,7 @@ class Network:
 
     def train_step(self, X, y, lr):
         """One step of gradient descent on the batch (X, y), in place. Returns the loss before the step."""
-        X, labels, targets = self._check_data(X, y)
+        X, labels, targets = self._check_data(X, y, one_batch=True)
         lr = check.check_learning_rate(lr)
         before = self._params.copy()
         total, done = _training.one_batch_of_all_rows(
@@ -223,8 +223,8 @@ class Network:
 
     # ---------------------------------------------------------------------------------------------
 
-    def _check_data(self, X, y):
-        X = check.check_X(X, self.n_features_in, self.dtype)
+    def _check_data(self, X, y, one_batch=False):
+        X = check.check_X(X, self.n_features_in, self.dtype, one_batch=one_batch)
         labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype)
         return X, labels, targets
 
