@@ -1,5 +1,5 @@
 """Initial weights: the initialisations a network can start from (INITS) and how each draws its weights.
-Used by Network, and by the command for its --init choices."""
+Used by Network, by _validation to check `init`, and by the command for its --init choices."""
 import numpy as np
 
 INITS = ("he", "glorot", "normal")

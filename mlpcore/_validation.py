@@ -1,4 +1,6 @@
-"""Input checks, run in Python before any compiled code: the kernels trust what they are given."""
+"""Every argument check: the rules for mlpcore's inputs and options and their messages, applied in Python
+before any compiled code runs (the kernels trust what they are given). Called by Network, _model_files,
+datasets and the command's argparse types, so that each rule is written once."""
 import numbers
 import warnings
 

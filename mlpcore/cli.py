@@ -1,4 +1,6 @@
 """The `mlpcore` command: train the student's network on Fashion-MNIST, evaluate a saved model, show setup."""
+# The docstring above is also --help's description. Run as `mlpcore` or `python -m mlpcore`. Beside the
+# public API it uses _validation's rules for its arguments, INITS for --init, _threads for `info`.
 import argparse
 import csv
 import datetime

@@ -1,4 +1,5 @@
-"""Fashion-MNIST: IDX file reader, search for local copies, verified download.
+"""Fashion-MNIST: IDX file reader, search for local copies, verified download. Public, as
+``mlpcore.datasets``; the command loads its data with it.
 
 ``load_fashion_mnist`` looks for the four official files in these folders, first match wins:
 

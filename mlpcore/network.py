@@ -1,4 +1,7 @@
-"""The Network class: a thin Python layer that validates input and hands it to the compiled core."""
+"""The model: Network (weights, inference, loss_and_gradients, train_step, fit) and load, the public API
+that mlpcore re-exports. A thin layer: each method checks its arguments with _validation, then calls the
+compiled core (for training through _training); threads come from _threads, initial weights from
+_initialisation, files from _model_files."""
 import numpy as np
 
 from . import _compiled, _model_files, _threads, _training
