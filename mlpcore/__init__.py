@@ -1,8 +1,8 @@
 """mlpcore: fast multilayer-perceptron training on the CPU, held to a plain NumPy reference."""
-from . import datasets
 from ._version import __version__
 
 try:
+    from . import datasets
     from .network import History, Network, TrainingDiverged, load
 except ImportError as exc:
     if "_compiled" not in str(exc):

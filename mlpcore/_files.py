@@ -1,4 +1,5 @@
-"""Writing files atomically: a reader sees the old file or the complete new one, never a partial one."""
+"""Writing files atomically: a reader sees the old file or the complete new one, never a partial one.
+Used by _model_files and the command (atomic_write), and by datasets's download (current_umask)."""
 import contextlib
 import os
 import tempfile

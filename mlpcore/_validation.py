@@ -1,11 +1,19 @@
-"""Input checks, run in Python before any compiled code: the kernels trust what they are given."""
+"""Every argument check: the rules for mlpcore's inputs and options and their messages, applied in Python
+before any compiled code runs (the kernels trust what they are given). Called by Network, _model_files,
+datasets and the command's argparse types, so that each rule is written once."""
 import numbers
+import warnings
 
 import numpy as np
 
 from . import _compiled
+from ._initialisation import INITS
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Inputs larger than this are probably unscaled (raw pixels are 0..255): fit warns.
+_LARGE_INPUT = 50.0
+# The most rows of X that train_step and loss_and_gradients take, as one batch: BLAS takes 32-bit row counts.
+_MAX_BATCH_ROWS = 2**31 - 1
 
 
 def check_dtype(dtype):
@@ -16,6 +24,12 @@ def check_dtype(dtype):
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype.name!r}")
     return dtype
+
+
+def check_init(init):
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return init
 
 
 def check_layer_sizes(layer_sizes):
@@ -38,12 +52,16 @@ def check_layer_sizes(layer_sizes):
     return tuple(int(s) for s in sizes)
 
 
-def check_positive_int(value, name):
+def check_integer_at_least(value, name, minimum):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_positive_int(value, name):
+    return check_integer_at_least(value, name, 1)
 
 
 def check_learning_rate(lr):
@@ -59,6 +77,27 @@ def check_threads(threads):
     if threads is None:
         return None
     return check_positive_int(threads, "threads")
+
+
+def check_callback(callback, name):
+    if callback is not None and not callable(callback):
+        raise TypeError(f"{name} must be callable or None, got {callback!r}")
+    return callback
+
+
+def check_validation_pair(validation_data):
+    """fit's validation_data as a pair (X_val, y_val), to be checked like X and y."""
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise TypeError("validation_data must be a pair (X_val, y_val)")
+    return validation_data
+
+
+def warn_if_unscaled(largest):
+    """Warn, from fit, that X looks unscaled if its largest |x| is `largest`."""
+    if largest > _LARGE_INPUT:
+        warnings.warn(f"X has values as large as {largest:g}: unscaled inputs make training "
+                      "slow or unstable. Scale them (X / 255 for pixels) or standardise them.",
+                      stacklevel=3)  # at fit's caller
 
 
 def _as_real_array(a, name):
@@ -81,10 +120,11 @@ def _check_finite(arr, name):
         raise ValueError(f"{name} contains {what}")
 
 
-def check_X(X, n_features, dtype, *, return_max_abs=False):
+def check_X(X, n_features, dtype, *, return_max_abs=False, one_batch=False):
     """X as a C-contiguous array of `dtype` with shape (n, n_features); copies only if needed.
 
     With return_max_abs, returns (X, the largest |x|), found in the same pass as the finiteness check.
+    With one_batch, X is to be trained on as one batch, which holds at most _MAX_BATCH_ROWS rows.
     """
     arr = _as_real_array(X, "X")
     if arr.ndim != 2:
@@ -96,6 +136,10 @@ def check_X(X, n_features, dtype, *, return_max_abs=False):
     if arr.shape[1] != n_features:
         raise ValueError(
             f"X has {arr.shape[1]} features, but the network expects {n_features}")
+    if one_batch and arr.shape[0] > _MAX_BATCH_ROWS:
+        # Before the conversion below: X would be copied, at many gigabytes, only to be refused.
+        raise ValueError(f"X has {arr.shape[0]} rows, but one batch holds at most {_MAX_BATCH_ROWS} (BLAS "
+                         f"takes 32-bit row counts): split X into batches of at most {_MAX_BATCH_ROWS} rows")
     with np.errstate(over="ignore"):  # a value too large for dtype becomes inf, reported just below
         arr = np.ascontiguousarray(arr, dtype=dtype)
     # One compiled pass and no temporary: X may be most of the memory the process has.

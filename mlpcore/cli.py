@@ -1,4 +1,6 @@
 """The `mlpcore` command: train the student's network on Fashion-MNIST, evaluate a saved model, show setup."""
+# The docstring above is also --help's description. Run as `mlpcore` or `python -m mlpcore`. Beside the
+# public API it uses _validation's rules for its arguments, INITS for --init, _threads for `info`.
 import argparse
 import csv
 import datetime
@@ -10,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from . import _validation as check
 from ._files import atomic_write
+from ._initialisation import INITS
 
 HISTORY_FIELDS = ("epoch", "train_loss", "test_loss", "test_accuracy", "seconds")
 # Defaults: the student's network, with an initialisation and learning rate that make it learn.
@@ -28,6 +32,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+# The argparse types: the rules are _validation's, the messages the command's own (they quote what was
+# typed).
+
 def _integer_at_least(minimum, what):
     """An argparse type: an integer >= minimum, described as `what` in errors."""
     def parse(text):
@@ -35,9 +42,10 @@ def _integer_at_least(minimum, what):
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
-        return value
+        try:
+            return check.check_integer_at_least(value, what, minimum)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}") from None
     return parse
 
 
@@ -45,14 +53,15 @@ _positive_int = _integer_at_least(1, "a positive integer")
 _seed = _integer_at_least(0, "a non-negative integer")
 
 
-def _positive_float(text):
+def _learning_rate(text):
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
+    try:
+        return check.check_learning_rate(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}") from None
 
 
 def _build_parser():
@@ -69,12 +78,12 @@ def _build_parser():
     train = commands.add_parser("train", help="train a network on Fashion-MNIST", formatter_class=defaults,
                                 description="Train a network on Fashion-MNIST and save it with its history.")
     train.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS, help="passes over the data")
-    train.add_argument("--lr", type=_positive_float, default=DEFAULT_LR, help="SGD learning rate")
+    train.add_argument("--lr", type=_learning_rate, default=DEFAULT_LR, help="SGD learning rate")
     train.add_argument("--batch-size", type=_positive_int, default=600, help="rows per SGD step")
     train.add_argument("--hidden", type=_positive_int, nargs="*", default=list(DEFAULT_HIDDEN),
                        metavar="N", help="hidden layer sizes (default: 300 300; none: softmax regression)")
-    train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    train.add_argument("--init", choices=("he", "glorot", "normal"), default="he")
+    train.add_argument("--dtype", choices=[dtype.name for dtype in check.SUPPORTED_DTYPES], default="float32")
+    train.add_argument("--init", choices=INITS, default="he")
     train.add_argument("--seed", type=_seed, default=0, help="seed of the initial weights and shuffling")
     train.add_argument("--data", type=Path, help=data_help)
     train.add_argument("--out", type=Path, help="output folder (default: a new folder under runs/)")
@@ -309,9 +318,8 @@ def _info(args):
         if lib.get("user_api") == "blas":
             print(f"  {lib['internal_api']} {lib.get('version')} ({lib.get('architecture')}), "
                   f"{lib['num_threads']} threads: {lib['filepath']}")
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"cores this process may use: {usable}")
-    from . import _compiled
+    from . import _compiled, _threads
+    print(f"cores this process may use: {_threads.usable_cores()}")
     print("training threads: " + (
         "an OpenMP team, one per core by default, each calling BLAS on one thread" if _compiled.OPENMP else
         "BLAS's (built without OpenMP)") + "; inference: BLAS's threads")

@@ -1,4 +1,5 @@
-"""Fashion-MNIST: IDX file reader, search for local copies, verified download.
+"""Fashion-MNIST: IDX file reader, search for local copies, verified download. Public, as
+``mlpcore.datasets``; the command loads its data with it.
 
 ``load_fashion_mnist`` looks for the four official files in these folders, first match wins:
 
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ._files import current_umask
+from ._validation import check_dtype
 
 __all__ = [
     "BASE_URL",
@@ -355,12 +357,16 @@ def _read_split(files, split, verify):
 
 
 def _float_dtype(dtype):
-    """`dtype` as a numpy dtype if it is float32 or float64, else ValueError."""
-    try:
-        if dtype is not None and np.dtype(dtype) in (np.float32, np.float64):
-            return np.dtype(dtype)
-    except TypeError:
-        pass
+    """`dtype` as a numpy dtype if the network computes in it (float32 or float64), else ValueError.
+
+    The rule is the network's (check_dtype); the message is this module's, and None (float64 to numpy)
+    is refused.
+    """
+    if dtype is not None:
+        try:
+            return check_dtype(dtype)
+        except (TypeError, ValueError):
+            pass
     raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
 
 

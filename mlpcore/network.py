@@ -1,137 +1,17 @@
-"""The Network class: a thin Python layer that validates input and hands it to the compiled core."""
-import json
-import os
-import time
-import warnings
-import zipfile
-from dataclasses import dataclass, field
-
+"""The model: Network (weights, inference, loss_and_gradients, train_step, fit) and load, the public API
+that mlpcore re-exports. A thin layer: each method checks its arguments with _validation, then calls the
+compiled core (for training through _training); threads come from _threads, initial weights from
+_initialisation, files from _model_files."""
 import numpy as np
 
-from . import _compiled
+from . import _compiled, _model_files, _threads, _training
 from . import _validation as check
-from ._files import atomic_write
-from ._version import __version__
+from ._initialisation import INITS, initial_weights  # noqa: F401  (INITS stays importable from here)
+from ._training import History, TrainingDiverged  # noqa: F401  (History stays importable from here)
 
-INITS = ("he", "glorot", "normal")
-# What a saved model file holds; `format` tells an mlpcore model from any other .npz.
-_FILE_FORMAT = "mlpcore-network"
-_FILE_VERSION = 1
 # Rows per block for predict_proba and loss: large enough for BLAS to run at full speed, small enough that
 # the workspace stays a few MiB whatever the size of X.
 _CHUNK_ROWS = 2048
-# How long one compiled call of fit may run before Python gets control back (progress, Ctrl-C).
-_SECONDS_PER_CALL = 0.2
-# Inputs larger than this are probably unscaled (raw pixels are 0..255): fit warns.
-_LARGE_INPUT = 50.0
-
-# fit shares each batch out between its threads only if each gets at least this many rows; below that,
-# one thread trains and BLAS gets the threads (its products on a few rows are too small to split well).
-_MIN_ROWS_PER_WORKER = 16
-
-_blas_controller = None
-
-
-def _usable_cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def _blas_threads(threads):
-    """A context manager limiting the BLAS that mlpcore calls to `threads` threads for its duration (every
-    core this process may use if None)."""
-    global _blas_controller
-    if _blas_controller is None:
-        _blas_controller = _find_blas_controller()  # inspecting the loaded libraries costs ~ms: once
-    if threads is None:
-        threads = _usable_cores()
-    return _blas_controller.limit(limits=threads, user_api="blas")
-
-
-# GNU libgomp is not fork-safe: a child forked after this process has run a team hangs in its own first
-# team. So such a child runs one worker (with BLAS's threads) from then on.
-_teams_forbidden = False
-_team_started = False
-
-
-def _after_fork_in_child():
-    global _teams_forbidden
-    _teams_forbidden = _teams_forbidden or _team_started
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _team(threads, batch_size):
-    """(workers, BLAS threads) for a compiled call on batches of `batch_size` rows, on `threads` threads
-    (None: every usable core).
-
-    The threads are a team of workers that share out each batch's work, each calling BLAS on its share
-    with BLAS itself on one thread: the gather, the elementwise passes and the head run in parallel too,
-    not only the products, and the work is split so that little data moves between cores (see _compiled).
-    The two kinds of threads are never nested. When the batch is too small to share out, one worker runs
-    and BLAS gets the threads. There are never more workers than usable cores: a worker waiting at a
-    barrier spins, and one without a core of its own stalls the others.
-    """
-    global _team_started
-    threads = _usable_cores() if threads is None else threads
-    if not _compiled.OPENMP or _teams_forbidden:
-        return 1, threads
-    workers = min(threads, _usable_cores(), _compiled.MAX_WORKERS, max(1, batch_size // _MIN_ROWS_PER_WORKER))
-    if workers > 1:
-        _team_started = True
-        return workers, 1
-    return 1, threads
-
-
-def _inference_team(threads, chunk, team):
-    """(workers, BLAS threads) for inference: BLAS's threads, except inside fit (team=True), on fit's team.
-
-    Measured: a team started within ~0.1 s after a multi-threaded BLAS call shares the cores with
-    OpenBLAS's worker thread, still spinning, and a 10,000-row predict_proba then takes twice as long;
-    standalone, the team gains nothing over BLAS's own threads on the forward pass. Inside a fit that
-    trains on a team, BLAS stays single-threaded throughout, so its threads never wake to slow the next
-    epoch.
-    """
-    return _team(threads, chunk) if team else (1, threads)
-
-
-def _find_blas_controller():
-    """A threadpoolctl controller for the BLAS behind scipy.linalg.cython_blas.
-
-    NumPy's wheels bundle a private BLAS that mlpcore never calls; setting its thread count wakes its
-    idle threads, which then compete for the cores with the BLAS mlpcore does call. So every BLAS except
-    one inside NumPy's own folders is selected (all of them, should NumPy's be the only one).
-    """
-    from threadpoolctl import ThreadpoolController
-
-    controller = ThreadpoolController()
-    numpy_dir = os.path.dirname(os.path.realpath(np.__file__))
-    numpy_dirs = (numpy_dir + os.sep, numpy_dir + ".libs" + os.sep)
-    others = [lib.filepath for lib in controller.lib_controllers
-              if lib.user_api == "blas" and not os.path.realpath(lib.filepath).startswith(numpy_dirs)]
-    return controller.select(filepath=others) if others else controller.select(user_api="blas")
-
-
-@dataclass
-class History:
-    """What fit recorded, one entry per finished epoch.
-
-    ``loss`` is the mean training loss over the epoch's batches (weighted by batch size), measured as the
-    batches were trained. ``val_loss`` and ``val_accuracy`` are filled when fit gets ``validation_data``.
-    """
-    epoch: list = field(default_factory=list)
-    loss: list = field(default_factory=list)
-    seconds: list = field(default_factory=list)
-    val_loss: list = field(default_factory=list)
-    val_accuracy: list = field(default_factory=list)
-
-    def as_dict(self):
-        return {name: list(values) for name, values in vars(self).items()}
-
-
-class TrainingDiverged(ValueError):
-    """The loss or the weights became NaN or infinite; the weights are left as they were before."""
 
 
 class Network:
@@ -162,13 +42,12 @@ class Network:
     def __init__(self, layer_sizes, *, dtype="float32", init="he", seed=None):
         self.layer_sizes = check.check_layer_sizes(layer_sizes)
         self.dtype = check.check_dtype(dtype)
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        check.check_init(init)
         self._sizes = np.array(self.layer_sizes, dtype=np.intp)
         self._shapes = [(n_in + 1, n_out)
                         for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:])]
         self._params = np.empty(sum(r * c for r, c in self._shapes), dtype=self.dtype)
-        self.weights = _initial_weights(self._shapes, init, np.random.default_rng(seed))
+        self.weights = initial_weights(self._shapes, init, np.random.default_rng(seed))
         self.metadata = {}
 
     # ---------------------------------------------------------------------------------------------
@@ -227,9 +106,9 @@ class Network:
 
     def _proba(self, X, threads, team=False):
         chunk = min(X.shape[0], _CHUNK_ROWS)
-        workers, blas_threads = _inference_team(threads, chunk, team)
+        workers, blas_threads = _threads.inference_team(threads, chunk, team)
         out = np.empty((X.shape[0], self.n_classes), dtype=self.dtype)
-        with _blas_threads(blas_threads):
+        with _threads.blas_threads(blas_threads):
             _compiled.predict_proba(self._params, self._sizes, X, out, self._chunk_workspace(chunk, workers),
                                 chunk, workers)
         return out
@@ -241,8 +120,8 @@ class Network:
 
     def _mean_loss(self, X, labels, targets, threads, team=False):
         chunk = min(X.shape[0], _CHUNK_ROWS)
-        workers, blas_threads = _inference_team(threads, chunk, team)
-        with _blas_threads(blas_threads):
+        workers, blas_threads = _threads.inference_team(threads, chunk, team)
+        with _threads.blas_threads(blas_threads):
             return _compiled.mean_loss(self._params, self._sizes, X, *self._target_args(labels, targets),
                                    self._chunk_workspace(chunk, workers), chunk, workers)
 
@@ -254,9 +133,10 @@ class Network:
 
     def loss_and_gradients(self, X, y):
         """Mean cross-entropy on (X, y) and its gradient for every weight array (same shapes)."""
-        X, labels, targets = self._check_data(X, y)
+        X, labels, targets = self._check_data(X, y, one_batch=True)
         grads = np.empty_like(self._params)
-        total, done = self._train_rows(X, labels, targets, grads, _compiled.UpdateRule(_compiled.GRADIENTS_ONLY))
+        total, done = _training.one_batch_of_all_rows(
+            self, X, labels, targets, grads, _compiled.UpdateRule(_compiled.GRADIENTS_ONLY))
         if done == 0:
             raise TrainingDiverged(
                 "the loss is not finite for these weights and inputs: the logits overflow "
@@ -265,27 +145,17 @@ class Network:
 
     def train_step(self, X, y, lr):
         """One step of gradient descent on the batch (X, y), in place. Returns the loss before the step."""
-        X, labels, targets = self._check_data(X, y)
+        X, labels, targets = self._check_data(X, y, one_batch=True)
         lr = check.check_learning_rate(lr)
         before = self._params.copy()
-        total, done = self._train_rows(X, labels, targets, np.empty_like(self._params),
-                                       _compiled.UpdateRule(_compiled.SGD, lr))
+        total, done = _training.one_batch_of_all_rows(
+            self, X, labels, targets, np.empty_like(self._params), _compiled.UpdateRule(_compiled.SGD, lr))
         if done == 0 or not np.isfinite(self._params).all():
             self._params[...] = before
             raise TrainingDiverged(
                 f"the step produced a non-finite loss or weights (lr={lr:g}); the weights were "
                 "left as they were. Lower lr, or scale the inputs")
         return total / X.shape[0]
-
-    def _train_rows(self, X, labels, targets, grads, rule):
-        """The whole of X as one batch, through the update rule `rule`."""
-        n = X.shape[0]
-        workers, blas_threads = _team(None, n)
-        work = np.empty(_compiled.workspace_size(self._sizes, n, False, workers, True), dtype=self.dtype)
-        with _blas_threads(blas_threads):
-            return _compiled.train_batches(
-                self._params, grads, self._sizes, X, *self._target_args(labels, targets),
-                _NO_ORDER, n, 0, 1, rule, work, np.empty(1, dtype=np.intp), workers)
 
     def fit(self, X, y, *, epochs, batch_size=600, lr=0.1, shuffle=True, seed=None, threads=None,
             validation_data=None, on_epoch_end=None, on_progress=None):
@@ -333,80 +203,15 @@ class Network:
         batch_size = check.check_positive_int(batch_size, "batch_size")
         lr = check.check_learning_rate(lr)
         threads = check.check_threads(threads)
+        validation = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data must be a pair (X_val, y_val)")
-            X_val, val_labels, val_targets = self._check_data(*validation_data)
-        for name, callback in (("on_epoch_end", on_epoch_end), ("on_progress", on_progress)):
-            if callback is not None and not callable(callback):
-                raise TypeError(f"{name} must be callable or None, got {callback!r}")
-        if largest > _LARGE_INPUT:
-            warnings.warn(f"X has values as large as {largest:g}: unscaled inputs make training "
-                          "slow or unstable. Scale them (X / 255 for pixels) or standardise them.",
-                          stacklevel=2)
-
-        n = X.shape[0]
-        batch_size = min(batch_size, n)
-        n_batches = -(-n // batch_size)
-        rng = np.random.default_rng(seed)
-        # Everything the batches need is allocated here, once, and reused by every batch.
-        workers, blas_threads = _team(threads, batch_size)
-        grads = np.empty_like(self._params)
-        work = np.empty(_compiled.workspace_size(self._sizes, batch_size, shuffle, workers, True),
-                        dtype=self.dtype)
-        label_work = np.empty(batch_size, dtype=np.intp)
-        last_good = self._params.copy()
-        label_args = self._target_args(labels, targets)
-        rule = _compiled.UpdateRule(_compiled.SGD, lr)
-        history = History()
-        per_call = 1  # batches per compiled call, adapted to _SECONDS_PER_CALL from epoch to epoch
-
-        with _blas_threads(blas_threads):
-            try:
-                for epoch in range(1, epochs + 1):
-                    started = time.perf_counter()
-                    order = rng.permutation(n).astype(np.intp, copy=False) if shuffle else _NO_ORDER
-                    total, batch = 0.0, 0
-                    while batch < n_batches:
-                        stop = min(n_batches, batch + per_call)
-                        call_started = time.perf_counter()
-                        loss_sum, done = _compiled.train_batches(
-                            self._params, grads, self._sizes, X, *label_args, order, batch_size,
-                            batch, stop, rule, work, label_work, workers)
-                        total += loss_sum
-                        batch += done
-                        if batch < stop:
-                            raise TrainingDiverged(
-                                f"training diverged: the loss became NaN or infinite at epoch {epoch}, "
-                                f"batch {batch + 1} of {n_batches} (lr={lr:g}). Lower lr, or scale "
-                                "the inputs")
-                        if on_progress is not None:
-                            on_progress(epoch, batch, n_batches)
-                        per_call = _next_call_size(per_call, done,
-                                                   time.perf_counter() - call_started)
-                    if not np.isfinite(self._params).all():
-                        raise TrainingDiverged(
-                            f"training diverged: the weights became NaN or infinite in epoch {epoch} "
-                            f"(lr={lr:g}). Lower lr, or scale the inputs")
-                    seconds = time.perf_counter() - started
-                    if validation_data is not None:
-                        val_loss = self._mean_loss(X_val, val_labels, val_targets, threads, team=True)
-                        val_accuracy = self._accuracy(X_val, val_labels, val_targets, threads, team=True)
-                        history.val_loss.append(val_loss)
-                        history.val_accuracy.append(val_accuracy)
-                    history.epoch.append(epoch)
-                    history.loss.append(total / n)
-                    history.seconds.append(seconds)
-                    if on_epoch_end is not None:
-                        on_epoch_end(history)
-                    # The epoch is finished only now: what raises before this rolls back to the last one.
-                    np.copyto(last_good, self._params)
-            except BaseException:
-                # Whatever stopped the epoch (divergence, Ctrl-C, a failing callback), the weights go back
-                # to the end of the last finished epoch: never half an epoch.
-                np.copyto(self._params, last_good)
-                raise
-        return history
+            validation = self._check_data(*check.check_validation_pair(validation_data))
+        check.check_callback(on_epoch_end, "on_epoch_end")
+        check.check_callback(on_progress, "on_progress")
+        check.warn_if_unscaled(largest)
+        return _training.train_epochs(
+            self, X, labels, targets, epochs=epochs, batch_size=batch_size, lr=lr, shuffle=shuffle, seed=seed,
+            threads=threads, validation=validation, on_epoch_end=on_epoch_end, on_progress=on_progress)
 
     # ---------------------------------------------------------------------------------------------
     # Files
@@ -417,21 +222,12 @@ class Network:
         The file holds the layer sizes, the dtype, the weights and ``metadata`` (with the mlpcore
         version added); ``mlpcore.load(path)`` gives back bit-identical weights.
         """
-        metadata = dict(self.metadata, mlpcore_version=__version__)
-        try:
-            metadata_json = json.dumps(metadata)
-        except TypeError as exc:
-            raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
-        arrays = {f"weights_{i}": W for i, W in enumerate(self.weights)}
-        with atomic_write(path) as f:
-            np.savez(f, format=np.array(_FILE_FORMAT), format_version=np.array(_FILE_VERSION),
-                     layer_sizes=np.array(self.layer_sizes, dtype=np.int64),
-                     dtype=np.array(self.dtype.name), metadata=np.array(metadata_json), **arrays)
+        _model_files.write(path, self.layer_sizes, self.dtype, self.weights, self.metadata)
 
     # ---------------------------------------------------------------------------------------------
 
-    def _check_data(self, X, y):
-        X = check.check_X(X, self.n_features_in, self.dtype)
+    def _check_data(self, X, y, one_batch=False):
+        X = check.check_X(X, self.n_features_in, self.dtype, one_batch=one_batch)
         labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype)
         return X, labels, targets
 
@@ -439,18 +235,11 @@ class Network:
         """The (labels, targets) pair the core takes: the unused one is empty."""
         if labels is not None:
             return labels, np.empty((0, self.n_classes), dtype=self.dtype)
-        return _NO_ORDER, targets
+        return _NO_LABELS, targets
 
 
-_NO_ORDER = np.empty(0, dtype=np.intp)
-
-
-def _next_call_size(per_call, done, seconds):
-    """Batches for the next compiled call, from `done` batches taking `seconds` in the last one: aiming at
-    _SECONDS_PER_CALL, growing at most 4x a call."""
-    if seconds <= 0:
-        return per_call * 4
-    return max(1, min(per_call * 4, int(done * _SECONDS_PER_CALL / seconds)))
+# Empty `labels` tell the compiled calls that the targets are rows of probabilities.
+_NO_LABELS = np.empty(0, dtype=np.intp)
 
 
 def _split(flat, shapes):
@@ -461,67 +250,14 @@ def _split(flat, shapes):
     return arrays
 
 
-def _initial_weights(shapes, init, rng):
-    weights = []
-    for n_in_plus_bias, n_out in shapes:
-        n_in = n_in_plus_bias - 1
-        W = np.zeros((n_in_plus_bias, n_out))
-        if init == "he":
-            W[:-1] = rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_in, n_out))
-        elif init == "glorot":
-            limit = np.sqrt(6.0 / (n_in + n_out))
-            W[:-1] = rng.uniform(-limit, limit, size=(n_in, n_out))
-        else:
-            W[:] = rng.normal(0.0, 0.01, size=W.shape)
-        weights.append(W)
-    return weights
-
-
 def load(path):
     """Read a network written by ``Network.save``.
 
     Raises FileNotFoundError if `path` does not exist, and ValueError naming the file if it is not a
     complete, consistent mlpcore model file.
     """
-    path = os.fspath(path)
-    if os.path.isfile(path) and not zipfile.is_zipfile(path):
-        # Checked first: np.load would try it as a pickle and suggest allow_pickle=True.
-        raise ValueError(f"{path} is not a readable mlpcore model file (truncated, or not a .npz "
-                         "archive)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            contents = {key: npz[key] for key in npz.files}
-    except FileNotFoundError:
-        raise
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a folder, not an mlpcore model file") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path} is not a readable mlpcore model file (truncated or not a .npz "
-                         f"file): {exc}") from None
-    if str(contents.get("format", "")) != _FILE_FORMAT:
-        raise ValueError(f"{path} is not an mlpcore model file (a .npz file without "
-                         f"format={_FILE_FORMAT!r})")
-    try:
-        if int(contents["format_version"]) > _FILE_VERSION:
-            raise ValueError(f"it was written by a newer mlpcore (file format "
-                             f"{int(contents['format_version'])}); upgrade mlpcore to read it")
-        layer_sizes = [int(s) for s in contents["layer_sizes"]]
-        n_layers = len(layer_sizes) - 1
-        dtype = check.check_dtype(str(contents["dtype"]))
-        weights = [contents[f"weights_{i}"] for i in range(n_layers)]
-        # Checked against each other before a network of that size is built.
-        check.check_layer_sizes(layer_sizes)
-        check.check_weights(weights, layer_sizes, dtype)
-        wrong = [i for i, W in enumerate(weights) if W.dtype != dtype]
-        if wrong:
-            raise ValueError(f"weights_{wrong[0]} is {weights[wrong[0]].dtype}, but the model is {dtype}")
-        net = Network(layer_sizes, dtype=dtype)
-        net.weights = weights
-        net.metadata = json.loads(str(contents["metadata"]))
-        extra = set(contents) - {"format", "format_version", "layer_sizes", "dtype", "metadata"} - {
-            f"weights_{i}" for i in range(n_layers)}
-        if extra:
-            raise ValueError(f"unexpected entries {sorted(extra)}")
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ValueError(f"{path} is an inconsistent mlpcore model file: {exc}") from None
+    layer_sizes, dtype, weights, metadata = _model_files.read(path)
+    net = Network(layer_sizes, dtype=dtype)
+    net.weights = weights
+    net.metadata = metadata
     return net

@@ -233,7 +233,7 @@ def test_bad_fit_options_are_rejected_before_training(bad, words):
 
 def test_validation_inside_fit_keeps_the_thread_limit():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from mlpcore.network import _find_blas_controller
+    from mlpcore._threads import _find_blas_controller
 
     path = _find_blas_controller().lib_controllers[0].filepath
     X, y = make_problem([5, 3], 20, np.float32)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mlpcore
-from mlpcore import _compiled, network, reference
+from mlpcore import _compiled, _threads, network, reference
 from conftest import RTOL, make_problem, relative_error
 from test_core_vs_reference import _network, _reference_fit
 
@@ -41,8 +41,8 @@ def _spy(monkeypatch, name):
 def teams(monkeypatch):
     """Share out every batch, allow teams larger than the machine, and record the team size of each
     compiled training call."""
-    monkeypatch.setattr(network, "_MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(network, "_usable_cores", lambda: 64)
+    monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(_threads, "usable_cores", lambda: 64)
     return _spy(monkeypatch, "train_batches")
 
 
@@ -63,7 +63,7 @@ def test_shared_fit_matches_reference_batch_by_batch(teams, threads, batch_size,
 
 @pytest.mark.parametrize("n", [1, 3, 11, 40])  # by features below 8 rows in float64, 24 in float32
 def test_shared_gradients_match_reference(teams, monkeypatch, n, dtype):
-    monkeypatch.setattr(network, "_usable_cores", lambda: 3)
+    monkeypatch.setattr(_threads, "usable_cores", lambda: 3)
     net = _network(SIZES, dtype)
     X, y = make_problem(SIZES, n, dtype, "onehot")
     loss, grads = net.loss_and_gradients(X, y)
@@ -109,7 +109,7 @@ def test_a_team_stops_together_before_a_batch_with_a_non_finite_loss(workers, la
         expected.train_step(X[start:start + 4], y[start:start + 4], lr=0.1)
     params = np.concatenate([W.ravel() for W in net.weights])
     work = np.empty(_compiled.workspace_size(sizes, 4, False, workers, True), dtype=dtype)
-    with network._blas_threads(1):  # as the core requires of a team
+    with _threads.blas_threads(1):  # as the core requires of a team
         total, done = _compiled.train_batches(params, np.empty_like(params), sizes, X, y.astype(np.intp),
                                           np.empty((0, 0), dtype), np.empty(0, np.intp), 4, 0, 4,
                                           _compiled.UpdateRule(_compiled.SGD, 0.1), work,
@@ -131,15 +131,15 @@ def test_the_core_refuses_a_team_out_of_range():
 
 
 def test_training_team_choice(monkeypatch):
-    monkeypatch.setattr(network, "_usable_cores", lambda: 4)
-    assert network._team(None, 600) == (4, 1)
-    assert network._team(2, 600) == (2, 1)
-    assert network._team(1, 600) == (1, 1)
+    monkeypatch.setattr(_threads, "usable_cores", lambda: 4)
+    assert _threads.team(None, 600) == (4, 1)
+    assert _threads.team(2, 600) == (2, 1)
+    assert _threads.team(1, 600) == (1, 1)
     # Never more workers than cores: BLAS gets the threads beyond them.
-    assert network._team(8, 600) == (4, 1)
+    assert _threads.team(8, 600) == (4, 1)
     # Too few rows to share out: one worker, and BLAS gets the threads.
-    assert network._team(None, 8) == (1, 4)
-    assert network._team(4, 40) == (2, 1)
+    assert _threads.team(None, 8) == (1, 4)
+    assert _threads.team(4, 40) == (2, 1)
 
 
 @pytest.mark.parametrize("batch_size", [3, 50])  # by features, by rows
@@ -173,7 +173,7 @@ def _fit_in_child(queue):
     X, y = make_problem(SIZES, N_ROWS, np.float32)
     net = mlpcore.Network(SIZES, dtype="float32", seed=0)
     net.fit(X, y, epochs=1, batch_size=50, threads=2)
-    queue.put(network._team(2, 50))
+    queue.put(_threads.team(2, 50))
 
 
 def test_a_child_forked_after_a_team_trains_on_one_worker(monkeypatch):
@@ -181,10 +181,10 @@ def test_a_child_forked_after_a_team_trains_on_one_worker(monkeypatch):
     mp = pytest.importorskip("multiprocessing")
     if "fork" not in mp.get_all_start_methods():
         pytest.skip("no fork on this platform")
-    monkeypatch.setattr(network, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(_threads, "usable_cores", lambda: 2)
     X, y = make_problem(SIZES, N_ROWS, np.float32)
     mlpcore.Network(SIZES, dtype="float32", seed=0).fit(X, y, epochs=1, batch_size=50, threads=2)
-    assert network._team(2, 50) == (2, 1)
+    assert _threads.team(2, 50) == (2, 1)
     context = mp.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_fit_in_child, args=(queue,))
@@ -201,8 +201,8 @@ def test_a_child_forked_after_a_team_trains_on_one_worker(monkeypatch):
 @pytest.mark.parametrize("n", [1, 2, 7, 40])
 def test_shared_predictions_and_loss_match_reference(monkeypatch, threads, n, dtype):
     # As inside fit. Chunks of 5 rows: several chunks, a last short one, and workers with no rows.
-    monkeypatch.setattr(network, "_MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(network, "_usable_cores", lambda: 64)
+    monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(_threads, "usable_cores", lambda: 64)
     monkeypatch.setattr(network, "_CHUNK_ROWS", 5)
     proba_teams, loss_teams = _spy(monkeypatch, "predict_proba"), _spy(monkeypatch, "mean_loss")
     net = _network(SIZES, dtype)
@@ -217,8 +217,8 @@ def test_shared_predictions_and_loss_match_reference(monkeypatch, threads, n, dt
 
 
 def test_validation_runs_on_fits_team_and_predict_on_blas_threads(monkeypatch):
-    monkeypatch.setattr(network, "_MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(network, "_usable_cores", lambda: 64)
+    monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(_threads, "usable_cores", lambda: 64)
     proba_teams, loss_teams = _spy(monkeypatch, "predict_proba"), _spy(monkeypatch, "mean_loss")
     net = _network(SIZES, np.float32)
     X, y = make_problem(SIZES, 40, np.float32)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import mlpcore
-from mlpcore import TrainingDiverged
+from mlpcore import TrainingDiverged, _validation
 
 SIZES = [4, 5, 3]
 
@@ -91,6 +91,23 @@ def test_bad_input_is_rejected_and_weights_unchanged(net, call, error, words):
     assert words in str(info.value)
     for W, W_before in zip(net.weights, before):
         np.testing.assert_array_equal(W, W_before)
+
+
+@pytest.mark.parametrize("call", [
+    pytest.param(lambda net, X, y: net.loss_and_gradients(X, y), id="loss_and_gradients"),
+    pytest.param(lambda net, X, y: net.train_step(X, y, lr=0.1), id="train_step"),
+])
+def test_more_rows_than_one_batch_holds_are_refused(net, call, monkeypatch):
+    # BLAS takes 32-bit row counts: at most 2**31 - 1 rows, lowered here to 5.
+    assert _validation._MAX_BATCH_ROWS == 2**31 - 1
+    monkeypatch.setattr(_validation, "_MAX_BATCH_ROWS", 5)
+    before = [W.copy() for W in net.weights]
+    with pytest.raises(ValueError, match=r"^X has 6 rows, but one batch holds at most 5 \(BLAS takes "
+                                         r"32-bit row counts\): split X into batches of at most 5 rows$"):
+        call(net, X_OK, Y_OK)
+    for W, W_before in zip(net.weights, before):
+        np.testing.assert_array_equal(W, W_before)
+    call(net, X_OK[:5], Y_OK[:5])  # as many rows as one batch holds
 
 
 @pytest.mark.parametrize("sizes,error,words", [
