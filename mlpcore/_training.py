@@ -12,6 +12,8 @@ from . import _compiled, _threads
 _SECONDS_PER_CALL = 0.2
 # An empty `order` tells train_batches to take the rows in their own order, in place.
 _ROWS_IN_ORDER = np.empty(0, dtype=np.intp)
+# train_batches copies a batch's labels into label_work only when it gathers rows.
+_NO_LABEL_WORK = np.empty(0, dtype=np.intp)
 
 
 @dataclass
@@ -38,16 +40,14 @@ class TrainingDiverged(ValueError):
 def one_batch_of_all_rows(net, X, labels, targets, grads, rule):
     """The whole of X as one batch of `net`, through the update rule `rule`: (summed loss, batches done).
 
-    label_work goes unused (the rows are taken in place), but train_batches asks for a batch of labels
-    whatever the order, so it gets one: np.empty touches no memory until it is written.
-    """
+    The rows are taken in place, not gathered, so train_batches needs no label_work."""
     n = X.shape[0]
     workers, blas_threads = _threads.team(None, n)
     work = np.empty(_compiled.workspace_size(net._sizes, n, False, workers, True), dtype=net.dtype)
     with _threads.blas_threads(blas_threads):
         return _compiled.train_batches(
             net._params, grads, net._sizes, X, *net._target_args(labels, targets),
-            _ROWS_IN_ORDER, n, 0, 1, rule, work, np.empty(n, dtype=np.intp), workers)
+            _ROWS_IN_ORDER, n, 0, 1, rule, work, _NO_LABEL_WORK, workers)
 
 
 def train_epochs(net, X, labels, targets, *, epochs, batch_size, lr, shuffle, seed, threads, validation,

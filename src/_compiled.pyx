@@ -14,8 +14,9 @@
 # itself single-threaded (Python sets that through threadpoolctl), so the two kinds of threads are never
 # nested.
 #
-# Python (mlpcore.network and its helpers) validates values (finite inputs, labels in range); the entry
-# points here check only what keeps the core in bounds (shapes, counts, sizes BLAS can take), cheaply.
+# Python (mlpcore._validation, called by mlpcore.network) validates values (finite inputs, labels in
+# range); the entry points here check only what keeps the core in bounds (shapes, counts, sizes BLAS can
+# take), cheaply.
 
 from cython cimport floating
 from libc.stdint cimport uint32_t, uint64_t
