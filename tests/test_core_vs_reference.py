@@ -70,12 +70,13 @@ def test_train_step_matches_reference(sizes, n, targets, dtype):
         assert relative_error(W, ref_W) <= RTOL[dtype]
 
 
-def _reference_fit(weights, X, y, epochs, batch_size, lr, seed):
-    """What fit documents: epoch e visits default_rng(seed)'s e-th permutation in batches."""
+def _reference_fit(weights, X, y, epochs, batch_size, lr, seed, shuffle=True):
+    """What fit documents: epoch e visits default_rng(seed)'s e-th permutation in batches (the rows in
+    order without shuffle)."""
     rng = np.random.default_rng(seed)
     epoch_losses = []
     for _ in range(epochs):
-        order = rng.permutation(len(X))
+        order = rng.permutation(len(X)) if shuffle else np.arange(len(X))
         total = 0.0
         for start in range(0, len(X), batch_size):
             rows = order[start:start + batch_size]

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import mlpcore
-from mlpcore import _compiled, reference
+from mlpcore import _compiled
 from conftest import RTOL, make_problem, relative_error
+from test_core_vs_reference import _reference_fit
 
 SIZES = [784, 300, 300, 10]
 N_ROWS = 650  # a partial last batch at every batch size but 1
@@ -20,19 +21,6 @@ N_ROWS = 650  # a partial last batch at every batch size but 1
 # reference round it to opposite sides, and from then on they train different networks (both right).
 # float64 rounds 1e9 times finer and follows the reference over every batch size.
 CASES = [(np.float64, b) for b in (600, 128, 32, 7, 1)] + [(np.float32, b) for b in (600, 128, 32)]
-
-
-def _reference_fit(weights, X, y, epochs, batch_size, lr, seed, shuffle):
-    rng = np.random.default_rng(seed)
-    losses = []
-    for _ in range(epochs):
-        order = rng.permutation(len(X)) if shuffle else np.arange(len(X))
-        total = 0.0
-        for start in range(0, len(X), batch_size):
-            rows = order[start:start + batch_size]
-            total += reference.train_step(weights, X[rows], y[rows], lr) * len(rows)
-        losses.append(total / len(X))
-    return losses
 
 
 @pytest.mark.parametrize("threads", [1, 2])
