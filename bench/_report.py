@@ -124,6 +124,15 @@ def table(run):
         "  fastest floor time, which the bursts when this shared machine runs two threads at half speed",
         "  (seen here: seconds at a time, single-thread speed unchanged) do not reach.",
         "",
+        "Per-fit overhead: mlpcore's fit(epochs=1) less its epoch (History.seconds): the input checks and",
+        "the set-up before the epoch, what follows it; median over repeats, and as a share of the epoch",
+    ]
+    for t in [t for t in run["results"] if t["kind"] == "train" and "fit_overhead" in t]:
+        overhead = statistics.median(t["fit_overhead"])
+        lines.append(f"{t['batch']:>5}  {t['dtype']:<7}  {1000 * overhead:6.1f} ms  "
+                     f"{overhead / (t['median'] - overhead):6.1%}")
+    lines += [
+        "",
         f"Inference, predict_proba over {s['infer_rows']} rows ({s['infer_calls']} calls per repeat)",
         f"{'':>5}  {'dtype':<7}  {'implementation':<15} {'median s':>9}  {'min-max s':<17} "
         f"{'x floor':>7}  {'best':>5}  {'GFLOP/s':>7}  {'x mlpcore':>9}",

@@ -167,6 +167,9 @@ def measure(workers, settings):
                 time.sleep(settings["settle"])
                 answer = workers[worker].call(op="train", impl=impl, dtype=dtype, batch=batch, seed=r)
                 samples["train", impl, dtype, batch].append(answer.pop("seconds"))
+                if "fit_overhead" in answer:  # one per repeat, like the times
+                    answer["fit_overhead"] = extras.get(("train", impl, dtype, batch), {}).get(
+                        "fit_overhead", []) + [answer["fit_overhead"]]
                 extras["train", impl, dtype, batch] = answer
                 shown.append(f"{impl} {dtype[-2:]} {samples['train', impl, dtype, batch][-1]:.2f}")
             _progress(f"repeat {r + 1}/{settings['repeats']}, batch {batch}: {', '.join(shown)} s")

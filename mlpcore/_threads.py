@@ -84,6 +84,19 @@ def team(threads, batch_size):
     return 1, threads
 
 
+def pass_workers(threads):
+    """Workers for one pass over memory (fit's check of X), on `threads` threads (None: every usable
+    core): a team when it can run one, since one core does not use up the memory bandwidth (2 threads
+    checked Fashion-MNIST's 60,000 x 784 float32 in 7 ms here, one in 14)."""
+    global _team_started
+    threads = usable_cores() if threads is None else threads
+    if not _compiled.OPENMP or _teams_forbidden:
+        return 1
+    workers = min(threads, usable_cores(), _compiled.MAX_WORKERS)
+    _team_started = _team_started or workers > 1
+    return workers
+
+
 def inference_team(threads, chunk, on_fits_team):
     """(workers, BLAS threads) for inference: BLAS's threads, except inside fit (on_fits_team), on fit's
     team.

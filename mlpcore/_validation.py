@@ -120,10 +120,11 @@ def _check_finite(arr, name):
         raise ValueError(f"{name} contains {what}")
 
 
-def check_X(X, n_features, dtype, *, return_max_abs=False, one_batch=False):
+def check_X(X, n_features, dtype, *, return_max_abs=False, one_batch=False, workers=1):
     """X as a C-contiguous array of `dtype` with shape (n, n_features); copies only if needed.
 
-    With return_max_abs, returns (X, the largest |x|), found in the same pass as the finiteness check.
+    With return_max_abs, returns (X, the largest |x|), found in the same pass as the finiteness check,
+    which `workers` threads share.
     With one_batch, X is to be trained on as one batch, which holds at most _MAX_BATCH_ROWS rows.
     """
     arr = _as_real_array(X, "X")
@@ -143,7 +144,7 @@ def check_X(X, n_features, dtype, *, return_max_abs=False, one_batch=False):
     with np.errstate(over="ignore"):  # a value too large for dtype becomes inf, reported just below
         arr = np.ascontiguousarray(arr, dtype=dtype)
     # One compiled pass and no temporary: X may be most of the memory the process has.
-    largest = _compiled.max_abs(arr)
+    largest = _compiled.max_abs(arr, workers)
     if not np.isfinite(largest):
         _check_finite(arr, "X")
     return (arr, largest) if return_max_abs else arr

@@ -197,12 +197,13 @@ class Network:
             callback, the weights are restored to the end of the last epoch that finished (trained,
             validated and passed to on_epoch_end).
         """
-        X, largest = check.check_X(X, self.n_features_in, self.dtype, return_max_abs=True)
+        threads = check.check_threads(threads)
+        X, largest = check.check_X(X, self.n_features_in, self.dtype, return_max_abs=True,
+                                   workers=_threads.pass_workers(threads))
         labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype)
         epochs = check.check_positive_int(epochs, "epochs")
         batch_size = check.check_positive_int(batch_size, "batch_size")
         lr = check.check_learning_rate(lr)
-        threads = check.check_threads(threads)
         validation = None
         if validation_data is not None:
             validation = self._check_data(*check.check_validation_pair(validation_data))

@@ -21,12 +21,12 @@
 from cython cimport floating
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from cython.parallel cimport parallel
 
 from _team cimport MLPCORE_OPENMP, mlpcore_member, mlpcore_team_size, split_by_rows as _split_by_rows
-from _team cimport MAX_TEAM, LOSS_STRIDE
+from _team cimport MAX_TEAM, LOSS_STRIDE, share_start
 from _workspace cimport (Workspace, workspace_size as _workspace_size, carve_workspace, release_workspace,
                          n_weights)
 from _update_rules cimport Rule, RuleKind, RULE_GRADIENTS_ONLY, RULE_SGD
@@ -121,30 +121,54 @@ cdef float_bits _largest_magnitude_bits(const float_bits* bits, Py_ssize_t size,
     return largest
 
 
-def max_abs(const floating[:, ::1] X):
+def max_abs(const floating[:, ::1] X, int workers=1):
     """The largest |x| in X (inf if X holds an infinity), or NaN if X holds a NaN: the input checks of
-    fit in one pass, with no temporary array the size of X."""
+    fit in one pass, with no temporary array the size of X, shared out between `workers` threads (the
+    pass is bound by memory bandwidth, which one core does not use up)."""
     # On the IEEE bit patterns with the sign cleared, the order of the unsigned integers is the order of
     # |x|, and NaNs come above infinity: one integer max, which compilers vectorise (a float max with
     # NaN checks they do not).
-    cdef Py_ssize_t size = X.shape[0] * X.shape[1]
+    cdef Py_ssize_t size = X.shape[0] * X.shape[1], first, stop
+    cdef uint64_t[MAX_TEAM * LOSS_STRIDE] largest  # each worker's on its own cache line
+    cdef uint64_t result = 0
     cdef uint32_t bits32
-    cdef uint64_t bits64
+    cdef const char* data
+    cdef int w, me, team
     cdef float f32
     cdef double f64
     if size == 0:
         return 0.0
+    if not 1 <= workers <= MAX_TEAM:
+        raise ValueError(f"workers must be in [1, {MAX_TEAM}], got {workers}")
+    data = <const char*>&X[0, 0]
+    with nogil:
+        if workers == 1:
+            result = _largest_magnitude(data, 0, size, sizeof(floating))
+        else:
+            # The team may be smaller than asked: the slots of members it lacks stay 0.
+            memset(largest, 0, sizeof(largest))
+            with parallel(num_threads=workers):
+                me, team = mlpcore_member(), mlpcore_team_size()
+                first, stop = share_start(size, me, team), share_start(size, me + 1, team)
+                largest[me * LOSS_STRIDE] = _largest_magnitude(data, first, stop, sizeof(floating))
+            for w in range(workers):
+                result = max(result, largest[w * LOSS_STRIDE])
     if floating is float:
-        with nogil:
-            bits32 = _largest_magnitude_bits(<const uint32_t*>&X[0, 0], size, <uint32_t>0x7FFFFFFFu)
+        bits32 = <uint32_t>result
         memcpy(&f32, &bits32, sizeof(float))
         return f32
     else:
-        with nogil:
-            bits64 = _largest_magnitude_bits(<const uint64_t*>&X[0, 0], size,
-                                             <uint64_t>0x7FFFFFFFFFFFFFFFull)
-        memcpy(&f64, &bits64, sizeof(double))
+        memcpy(&f64, &result, sizeof(double))
         return f64
+
+
+cdef uint64_t _largest_magnitude(const char* data, Py_ssize_t first, Py_ssize_t stop,
+                                 size_t item_size) noexcept nogil:
+    """The largest IEEE bit pattern with the sign cleared among items first..stop-1."""
+    if item_size == 4:
+        return _largest_magnitude_bits(<const uint32_t*>data + first, stop - first, <uint32_t>0x7FFFFFFFu)
+    return _largest_magnitude_bits(<const uint64_t*>data + first, stop - first,
+                                   <uint64_t>0x7FFFFFFFFFFFFFFFull)
 
 
 cdef int _check_data(const Py_ssize_t[::1] sizes, Py_ssize_t n_params, Py_ssize_t rows, Py_ssize_t width,

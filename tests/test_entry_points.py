@@ -104,3 +104,21 @@ def test_update_rules_are_explicit():
         _compiled.UpdateRule(_compiled.SGD, 0.0)
     with pytest.raises(ValueError, match="unknown update rule kind 7"):
         _compiled.UpdateRule(7)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_abs_shared_out_finds_the_largest_magnitude_nan_and_infinity(workers, dtype):
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(101, 7)).astype(dtype)  # an odd size: shares of unequal length
+    X[57, 3] = -40.5  # the largest magnitude is negative, in the middle
+    assert _compiled.max_abs(X, workers) == 40.5
+    for where in ((0, 0), (100, 6), (50, 2)):  # first, last and middle items: every share's edges
+        Y = X.copy()
+        Y[where] = -np.inf
+        assert _compiled.max_abs(Y, workers) == np.inf
+        Y[where] = np.nan
+        assert np.isnan(_compiled.max_abs(Y, workers))
+    assert _compiled.max_abs(np.zeros((0, 3), dtype), workers) == 0.0
+    with pytest.raises(ValueError, match="workers must be in"):
+        _compiled.max_abs(X, 0)
