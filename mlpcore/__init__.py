@@ -2,7 +2,8 @@
 from ._version import __version__
 
 try:
-    from . import datasets
+    from . import datasets, optimizers, schedules
+    from ._early_stopping import EarlyStopping
     from .network import History, Network, TrainingDiverged, load
 except ImportError as exc:
     if "_compiled" not in str(exc):
@@ -13,4 +14,5 @@ except ImportError as exc:
         "that source folder, probably because it is the current folder: run from another folder, or "
         "build in place with `pip install -e .`") from exc
 
-__all__ = ["datasets", "Network", "History", "TrainingDiverged", "load", "__version__"]
+__all__ = ["datasets", "optimizers", "schedules", "EarlyStopping", "Network", "History", "TrainingDiverged",
+           "load", "__version__"]

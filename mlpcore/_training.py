@@ -20,17 +20,25 @@ _NO_LABEL_WORK = np.empty(0, dtype=np.intp)
 class History:
     """What fit recorded, one entry per finished epoch.
 
-    ``loss`` is the mean training loss over the epoch's batches (weighted by batch size), measured as the
-    batches were trained. ``val_loss`` and ``val_accuracy`` are filled when fit gets ``validation_data``.
+    ``loss`` is the mean training loss over the epoch's batches (weighted by batch size), and ``accuracy``
+    the share of its rows classified right, both measured as the batches were trained. ``lr`` is the
+    learning rate of the epoch's last batch. ``val_loss`` and ``val_accuracy`` are filled when fit has
+    validation data. ``best_epoch`` is the epoch whose monitored value was best, and ``stopped_epoch`` the
+    epoch after which early stopping ended the fit (None if it did not).
     """
     epoch: list = field(default_factory=list)
     loss: list = field(default_factory=list)
+    accuracy: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
     val_loss: list = field(default_factory=list)
     val_accuracy: list = field(default_factory=list)
+    best_epoch: object = None
+    stopped_epoch: object = None
 
     def as_dict(self):
-        return {name: list(values) for name, values in vars(self).items()}
+        return {name: (list(values) if isinstance(values, list) else values)
+                for name, values in vars(self).items()}
 
 
 class TrainingDiverged(ValueError):
@@ -50,8 +58,8 @@ def one_batch_of_all_rows(net, X, labels, targets, grads, rule):
             _ROWS_IN_ORDER, n, 0, 1, rule, work, _NO_LABEL_WORK, workers)
 
 
-def train_epochs(net, X, labels, targets, *, epochs, batch_size, lr, shuffle, seed, threads, validation,
-                 on_epoch_end, on_progress):
+def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, schedule, shuffle, seed,
+                 threads, validation, early_stopping, on_epoch_end, on_progress):
     """Network.fit's loop (see its docstring), on arguments it has checked; `validation` is
     (X_val, val_labels, val_targets) or None."""
     n = X.shape[0]
@@ -64,9 +72,12 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, lr, shuffle, se
     work = np.empty(_compiled.workspace_size(net._sizes, batch_size, shuffle, workers, True),
                     dtype=net.dtype)
     label_work = np.empty(batch_size, dtype=np.intp)
-    last_good = net._params.copy()
     label_args = net._target_args(labels, targets)
-    rule = _compiled.UpdateRule(_compiled.SGD, lr)
+    optimizer._bind(net._params.size, net.dtype)
+    rule = optimizer._update_rule(lr)
+    # What a rollback restores: the weights and the optimizer's state at the end of the last finished epoch.
+    last_good = net._params.copy(), optimizer._snapshot()
+    stopping = early_stopping._start(net) if early_stopping is not None else None
     history = History()
     per_call = 1  # batches per compiled call, adapted to _SECONDS_PER_CALL from epoch to epoch
 
@@ -75,14 +86,17 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, lr, shuffle, se
             for epoch in range(1, epochs + 1):
                 started = time.perf_counter()
                 order = rng.permutation(n).astype(np.intp, copy=False) if shuffle else _ROWS_IN_ORDER
-                total, batch = 0.0, 0
+                factors = schedule.factors(epoch, epochs, n_batches)
+                rule.lr_factors, rule.step = factors, optimizer.step
+                total, correct, batch = 0.0, 0, 0
                 while batch < n_batches:
                     stop = min(n_batches, batch + per_call)
                     call_started = time.perf_counter()
-                    loss_sum, done = _compiled.train_batches(
+                    loss_sum, done, right = _compiled.train_batches(
                         net._params, grads, net._sizes, X, *label_args, order, batch_size,
                         batch, stop, rule, work, label_work, workers)
                     total += loss_sum
+                    correct += right
                     batch += done
                     if batch < stop:
                         raise TrainingDiverged(
@@ -92,6 +106,7 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, lr, shuffle, se
                     if on_progress is not None:
                         on_progress(epoch, batch, n_batches)
                     per_call = _next_call_size(per_call, done, time.perf_counter() - call_started)
+                optimizer.step += n_batches
                 if not np.isfinite(net._params).all():
                     raise TrainingDiverged(
                         f"training diverged: the weights became NaN or infinite in epoch {epoch} "
@@ -99,23 +114,58 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, lr, shuffle, se
                 seconds = time.perf_counter() - started
                 if validation is not None:
                     X_val, val_labels, val_targets = validation
-                    val_loss = net._mean_loss(X_val, val_labels, val_targets, threads, team=True)
-                    val_accuracy = net._accuracy(X_val, val_labels, val_targets, threads, team=True)
-                    history.val_loss.append(val_loss)
-                    history.val_accuracy.append(val_accuracy)
+                    history.val_loss.append(net._mean_loss(X_val, val_labels, val_targets, threads, team=True))
+                    history.val_accuracy.append(
+                        net._accuracy(X_val, val_labels, val_targets, threads, team=True))
                 history.epoch.append(epoch)
                 history.loss.append(total / n)
+                history.accuracy.append(correct / n)
+                history.lr.append(float(lr * factors[-1]))
                 history.seconds.append(seconds)
+                stop_now = stopping is not None and stopping.after_epoch(history, net._params)
                 if on_epoch_end is not None:
                     on_epoch_end(history)
                 # The epoch is finished only now: what raises before this rolls back to the last one.
-                np.copyto(last_good, net._params)
+                np.copyto(last_good[0], net._params)
+                last_good = last_good[0], optimizer._snapshot()
+                if stop_now:
+                    history.stopped_epoch = epoch
+                    break
         except BaseException:
-            # Whatever stopped the epoch (divergence, Ctrl-C, a failing callback), the weights go back
-            # to the end of the last finished epoch: never half an epoch.
-            np.copyto(net._params, last_good)
+            # Whatever stopped the epoch (divergence, Ctrl-C, a failing callback), the weights and the
+            # optimizer's state go back to the end of the last finished epoch: never half an epoch.
+            np.copyto(net._params, last_good[0])
+            optimizer._restore(last_good[1])
             raise
+    if stopping is not None:
+        history.best_epoch = stopping.best_epoch
+        stopping.finish(net)
     return history
+
+
+def hold_out(X, labels, targets, fraction, seed):
+    """Split off `fraction` of the rows for validation, the same fraction of every class (the class of a
+    target row: its largest entry), drawn with default_rng(seed): (X, labels, targets) of the rows left
+    for training, and (X_val, val_labels, val_targets)."""
+    classes = labels if labels is not None else targets.argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(classes):
+        rows = np.flatnonzero(classes == c)
+        count = int(round(fraction * len(rows)))
+        if count == len(rows):
+            raise ValueError(f"validation_split={fraction:g} holds out every row of class {c} "
+                             f"({len(rows)} rows): training would never see it")
+        held.append(rng.permutation(rows)[:count])
+    held = np.sort(np.concatenate(held))
+    if held.size == 0:
+        raise ValueError(f"validation_split={fraction:g} holds out no row of {len(X)}: use a larger fraction")
+    kept = np.setdiff1d(np.arange(len(X)), held, assume_unique=True)
+
+    def rows_of(index):
+        return (X[index], None if labels is None else labels[index], None if targets is None else targets[index])
+
+    return (*rows_of(kept), rows_of(held))
 
 
 def _next_call_size(per_call, done, seconds):

@@ -73,6 +73,24 @@ def check_learning_rate(lr):
     return lr
 
 
+def check_real(value, name, *, low=None, high=None, low_open=False, high_open=False):
+    """A finite real number, within [low, high] (or open at either end) where given."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        if high is None:
+            wanted = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            wanted = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be {wanted}, got {value:g}")
+    return value
+
+
 def check_threads(threads):
     if threads is None:
         return None

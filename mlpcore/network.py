@@ -4,7 +4,8 @@ compiled core (for training through _training); threads come from _threads, init
 _initialisation, files from _model_files."""
 import numpy as np
 
-from . import _compiled, _model_files, _threads, _training
+from . import _compiled, _model_files, _threads, _training, optimizers, schedules
+from ._early_stopping import check_early_stopping
 from . import _validation as check
 from ._initialisation import INITS, initial_weights  # noqa: F401  (INITS stays importable from here)
 from ._training import History, TrainingDiverged  # noqa: F401  (History stays importable from here)
@@ -135,7 +136,7 @@ class Network:
         """Mean cross-entropy on (X, y) and its gradient for every weight array (same shapes)."""
         X, labels, targets = self._check_data(X, y, one_batch=True)
         grads = np.empty_like(self._params)
-        total, done = _training.one_batch_of_all_rows(
+        total, done, _ = _training.one_batch_of_all_rows(
             self, X, labels, targets, grads, _compiled.UpdateRule(_compiled.GRADIENTS_ONLY))
         if done == 0:
             raise TrainingDiverged(
@@ -148,7 +149,7 @@ class Network:
         X, labels, targets = self._check_data(X, y, one_batch=True)
         lr = check.check_learning_rate(lr)
         before = self._params.copy()
-        total, done = _training.one_batch_of_all_rows(
+        total, done, _ = _training.one_batch_of_all_rows(
             self, X, labels, targets, np.empty_like(self._params), _compiled.UpdateRule(_compiled.SGD, lr))
         if done == 0 or not np.isfinite(self._params).all():
             self._params[...] = before
@@ -157,9 +158,10 @@ class Network:
                 "left as they were. Lower lr, or scale the inputs")
         return total / X.shape[0]
 
-    def fit(self, X, y, *, epochs, batch_size=600, lr=0.1, shuffle=True, seed=None, threads=None,
-            validation_data=None, on_epoch_end=None, on_progress=None):
-        """Train with minibatch stochastic gradient descent.
+    def fit(self, X, y, *, epochs, batch_size=600, optimizer=None, lr=None, schedule=None,
+            validation_data=None, validation_split=0.0, early_stopping=None, shuffle=True, seed=None,
+            threads=None, on_epoch_end=None, on_progress=None):
+        """Train on minibatches with an optimizer (plain SGD unless told otherwise).
 
         Parameters
         ----------
@@ -169,8 +171,21 @@ class Network:
             Passes over the data.
         batch_size : int
             Rows per batch; a last partial batch is trained, not dropped.
-        lr : float
-            Learning rate of plain SGD: ``W -= lr * dW``.
+        optimizer : None, "sgd", "momentum", "nesterov", "adam", "adamw" or an mlpcore.optimizers.Optimizer
+            None is plain SGD, ``W -= lr * dW``, at lr 0.1 unless `lr` is given. A name starts a new
+            optimizer of that kind ("momentum" and "nesterov": SGD with momentum 0.9); an instance keeps
+            its state (moments, step count) from fit to fit, as a PyTorch optimizer does.
+        lr : float or None
+            The learning rate of this fit, in place of the optimizer's own.
+        schedule : None, an mlpcore.schedules.Schedule, or a callable progress -> factor
+            Scales the learning rate batch by batch (see mlpcore.schedules); None keeps it constant.
+        validation_data : (X_val, y_val) or None
+            Evaluated after each epoch into ``History.val_loss`` and ``History.val_accuracy``.
+        validation_split : float in [0, 1)
+            Without validation_data, this fraction of the rows is held out for validation before
+            training, stratified by class and drawn with `seed`.
+        early_stopping : mlpcore.EarlyStopping or None
+            Ends training when its monitored value stops improving (see EarlyStopping).
         shuffle : bool
             Visit the rows in a new random order each epoch (X and y with the same permutation).
         seed : int or None
@@ -179,8 +194,6 @@ class Network:
             Threads for this call; None means every core this process may use. Each batch is shared out
             between them when it has at least 16 rows per thread; otherwise BLAS gets them. BLAS's own
             thread count is restored afterwards.
-        validation_data : (X_val, y_val) or None
-            Evaluated after each epoch into ``History.val_loss`` and ``History.val_accuracy``.
         on_epoch_end : callable(history) or None
             Called after each epoch with the History so far.
         on_progress : callable(epoch, batches_done, n_batches) or None
@@ -194,8 +207,8 @@ class Network:
         ------
         TrainingDiverged (a ValueError)
             If the loss becomes NaN or infinite. On this, on KeyboardInterrupt and on any exception from a
-            callback, the weights are restored to the end of the last epoch that finished (trained,
-            validated and passed to on_epoch_end).
+            callback, the weights and the optimizer's state are restored to the end of the last epoch that
+            finished (trained, validated and passed to on_epoch_end).
         """
         threads = check.check_threads(threads)
         X, largest = check.check_X(X, self.n_features_in, self.dtype, return_max_abs=True,
@@ -203,16 +216,23 @@ class Network:
         labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype)
         epochs = check.check_positive_int(epochs, "epochs")
         batch_size = check.check_positive_int(batch_size, "batch_size")
-        lr = check.check_learning_rate(lr)
+        optimizer, lr = optimizers.get(optimizer, lr)
+        schedule = schedules.get(schedule)
+        validation_split = check.check_real(validation_split, "validation_split", low=0, high=1,
+                                            high_open=True)
         validation = None
         if validation_data is not None:
             validation = self._check_data(*check.check_validation_pair(validation_data))
+        elif validation_split > 0:
+            X, labels, targets, validation = _training.hold_out(X, labels, targets, validation_split, seed)
+        early_stopping = check_early_stopping(early_stopping, validation is not None)
         check.check_callback(on_epoch_end, "on_epoch_end")
         check.check_callback(on_progress, "on_progress")
         check.warn_if_unscaled(largest)
         return _training.train_epochs(
-            self, X, labels, targets, epochs=epochs, batch_size=batch_size, lr=lr, shuffle=shuffle, seed=seed,
-            threads=threads, validation=validation, on_epoch_end=on_epoch_end, on_progress=on_progress)
+            self, X, labels, targets, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+            schedule=schedule, shuffle=shuffle, seed=seed, threads=threads, validation=validation,
+            early_stopping=early_stopping, on_epoch_end=on_epoch_end, on_progress=on_progress)
 
     # ---------------------------------------------------------------------------------------------
     # Files

@@ -141,3 +141,51 @@ def train_step(weights, X, y, lr):
     for W, g in zip(weights, grads):
         W -= lr * g
     return value
+
+
+# -------------------------------------------------------------------------------------------------
+# Optimizers and schedules: PyTorch's update formulas (torch.optim.SGD with dampening 0, Adam, AdamW),
+# except that weight decay never touches the bias row (the last row of each W).
+
+def _without_bias_row(W):
+    """A mask that is 1 on the weights and 0 on the bias row: where weight decay applies."""
+    mask = np.ones_like(W)
+    mask[-1] = 0
+    return mask
+
+
+def sgd_step(weights, grads, buffers, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """One step of SGD on every W, in place; `buffers` holds the momentum buffers (zeros at first)."""
+    for W, g, b in zip(weights, grads, buffers):
+        g = g + weight_decay * _without_bias_row(W) * W
+        if momentum > 0:
+            b[...] = momentum * b + g
+            g = g + momentum * b if nesterov else b
+        W -= lr * g
+
+
+def adam_step(weights, grads, m, v, step, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+              decoupled=False):
+    """One Adam step (AdamW with decoupled=True) on every W, in place; m and v are the moments (zeros at
+    first), `step` the number of this step, from 1."""
+    beta1, beta2 = betas
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2_sqrt = np.sqrt(1 - beta2 ** step)
+    for W, g, m_W, v_W in zip(weights, grads, m, v):
+        decay = weight_decay * _without_bias_row(W)
+        if decoupled:
+            W *= 1 - lr * decay
+        else:
+            g = g + decay * W
+        m_W[...] = beta1 * m_W + (1 - beta1) * g
+        v_W[...] = beta2 * v_W + (1 - beta2) * g * g
+        W -= (lr / bias_correction1) * m_W / (np.sqrt(v_W) / bias_correction2_sqrt + eps)
+
+
+def cosine_factor(progress, warmup=0.0, final=0.0):
+    """The cosine schedule's factor at `progress`, the fraction of the fit's batches done counting the
+    current one: linear from 0 over `warmup`, then half a cosine from 1 to `final`."""
+    if progress <= warmup:
+        return progress / warmup
+    q = (progress - warmup) / (1 - warmup)
+    return final + (1 - final) * 0.5 * (1 + np.cos(np.pi * q))

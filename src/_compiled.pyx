@@ -19,6 +19,7 @@
 # take), cheaply.
 
 from cython cimport floating
+import numpy as np
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
@@ -29,7 +30,7 @@ from _team cimport MLPCORE_OPENMP, mlpcore_member, mlpcore_team_size, split_by_r
 from _team cimport MAX_TEAM, LOSS_STRIDE, share_start
 from _workspace cimport (Workspace, workspace_size as _workspace_size, carve_workspace, release_workspace,
                          n_weights)
-from _update_rules cimport Rule, RuleKind, RULE_GRADIENTS_ONLY, RULE_SGD
+from _update_rules cimport Rule, RuleKind, RULE_GRADIENTS_ONLY, RULE_SGD, RULE_SGD_MOMENTUM, RULE_ADAM
 from _training cimport TeamResult, train_member
 from _inference cimport evaluate_member
 
@@ -42,23 +43,46 @@ MAX_BLAS_SIZE = 2**31 - 1
 #: Update rule kinds.
 GRADIENTS_ONLY = RULE_GRADIENTS_ONLY
 SGD = RULE_SGD
+SGD_MOMENTUM = RULE_SGD_MOMENTUM
+ADAM = RULE_ADAM
 
 
 cdef class UpdateRule:
-    """What train_batches does with each gradient: UpdateRule(SGD, lr) steps W -= lr * dW,
-    UpdateRule(GRADIENTS_ONLY) writes the gradients into `grads` and leaves the weights."""
-    cdef Rule rule
+    """What train_batches does with each gradient, and the state it keeps (see _update_rules.pxd).
 
-    def __init__(self, int kind, double lr=0.0):
-        if kind == RULE_SGD:
-            if not lr > 0:
-                raise ValueError(f"SGD needs a learning rate > 0, got {lr}")
-        elif kind != RULE_GRADIENTS_ONLY:
+    UpdateRule(GRADIENTS_ONLY) writes the gradients into `grads` and leaves the weights;
+    UpdateRule(SGD, lr) steps W -= lr * dW; UpdateRule(SGD_MOMENTUM, lr, momentum=, nesterov=,
+    weight_decay=, first_moment=) and UpdateRule(ADAM, lr, beta1=, beta2=, eps=, weight_decay=,
+    decoupled=, first_moment=, second_moment=) keep their state in the given arrays, laid out like the
+    parameters and of their dtype, which they update in place. `step` is the number of steps taken before
+    the pass; `lr_factors` (float64, one per batch of the pass, or None) is the schedule.
+    """
+    cdef Rule rule
+    cdef object _first_moment, _second_moment, _lr_factors  # the arrays the pointers point into
+
+    def __init__(self, int kind, double lr=0.0, *, double momentum=0.0, bint nesterov=False,
+                 double weight_decay=0.0, double beta1=0.9, double beta2=0.999, double eps=1e-8,
+                 bint decoupled=False, first_moment=None, second_moment=None):
+        if not RULE_GRADIENTS_ONLY <= kind <= RULE_ADAM:
             raise ValueError(f"unknown update rule kind {kind}")
+        if kind != RULE_GRADIENTS_ONLY and not lr > 0:
+            raise ValueError(f"the update rule needs a learning rate > 0, got {lr}")
+        needs_first = kind == RULE_ADAM or (kind == RULE_SGD_MOMENTUM and momentum != 0)
+        needs_second = kind == RULE_ADAM
+        if needs_first != (first_moment is not None) or needs_second != (second_moment is not None):
+            raise ValueError("the state arrays given do not match the rule: SGD with momentum takes "
+                             "first_moment, Adam first_moment and second_moment, the others none")
         self.rule.kind = <RuleKind>kind
         self.rule.lr = lr
-        self.rule.state = NULL
+        self.rule.momentum, self.rule.nesterov, self.rule.weight_decay = momentum, nesterov, weight_decay
+        self.rule.beta1, self.rule.beta2, self.rule.eps, self.rule.decoupled = beta1, beta2, eps, decoupled
         self.rule.step = 0
+        self.rule.lr_factors = NULL
+        self._lr_factors = None
+        self._first_moment = _state_array(first_moment)
+        self._second_moment = _state_array(second_moment)
+        self.rule.first_moment = _data_pointer(self._first_moment)
+        self.rule.second_moment = _data_pointer(self._second_moment)
 
     @property
     def kind(self):
@@ -67,6 +91,60 @@ cdef class UpdateRule:
     @property
     def lr(self):
         return self.rule.lr
+
+    @property
+    def step(self):
+        return self.rule.step
+
+    @step.setter
+    def step(self, Py_ssize_t value):
+        if value < 0:
+            raise ValueError(f"step must be >= 0, got {value}")
+        self.rule.step = value
+
+    @property
+    def lr_factors(self):
+        return self._lr_factors
+
+    @lr_factors.setter
+    def lr_factors(self, factors):
+        cdef const double[::1] view
+        if factors is None:
+            self._lr_factors, self.rule.lr_factors = None, NULL
+            return
+        view = factors
+        if view.shape[0] == 0:
+            raise ValueError("lr_factors is empty")
+        self._lr_factors, self.rule.lr_factors = factors, &view[0]
+
+    cdef int check_for(self, Py_ssize_t n_params, Py_ssize_t item_size, Py_ssize_t stop_batch) except -1:
+        """The state arrays fit the parameters, and the schedule covers the batches to train."""
+        for state in (self._first_moment, self._second_moment):
+            if state is not None and (state.size != n_params or state.itemsize != item_size):
+                raise ValueError(f"the update rule's state is {state.size} entries of {state.dtype}, but "
+                                 f"the parameters are {n_params} entries of {item_size} bytes")
+        if self._lr_factors is not None and len(self._lr_factors) < stop_batch:
+            raise ValueError(f"lr_factors has {len(self._lr_factors)} entries, fewer than the "
+                             f"{stop_batch} batches")
+        return 0
+
+
+def _state_array(state):
+    if state is None:
+        return None
+    if not (isinstance(state, np.ndarray) and state.ndim == 1 and state.flags.c_contiguous
+            and state.flags.writeable and state.dtype in (np.float32, np.float64)):
+        raise ValueError("an update rule's state must be a writeable 1-D C-contiguous float32 or float64 "
+                         "array")
+    return state
+
+
+cdef void* _data_pointer(state):
+    cdef Py_ssize_t address
+    if state is None or state.size == 0:
+        return NULL
+    address = state.ctypes.data
+    return <void*>address
 
 
 def split_by_rows(Py_ssize_t m, Py_ssize_t width, Py_ssize_t item_size):
@@ -282,8 +360,9 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     OpenMP gives fewer, one if this build has no OpenMP). The caller must make BLAS single-threaded for
     the call: each worker calls it. `work` must be sized by workspace_size(..., workers=workers).
 
-    Returns (the sum over the trained rows of their loss, number of batches trained). Training stops
-    before the update of a batch whose loss is not finite, so that batch is not counted.
+    Returns (the sum over the trained rows of their loss, number of batches trained, number of those
+    rows whose largest logit was at the target's class). Training stops before the update of a batch
+    whose loss is not finite, so that batch is not counted.
     """
     cdef Py_ssize_t n_layers = sizes.shape[0] - 1, n = X.shape[0], n_batches
     cdef bint use_labels = labels.shape[0] > 0
@@ -298,6 +377,7 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     _check_data(sizes, params.shape[0], n, X.shape[1], labels.shape[0], targets.shape[0], targets.shape[1])
     if grads.shape[0] != params.shape[0]:
         raise ValueError(f"grads has {grads.shape[0]} entries, params {params.shape[0]}")
+    rule.check_for(params.shape[0], sizeof(floating), stop_batch)
     _check_rows(batch_size, "batch_size")
     n_batches = (n + batch_size - 1) // batch_size
     if not 0 <= first_batch <= stop_batch <= n_batches:
@@ -308,7 +388,7 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     if gather and use_labels and label_work.shape[0] < min(batch_size, n):
         raise ValueError(f"label_work holds {label_work.shape[0]} labels, fewer than a batch's "
                          f"{min(batch_size, n)}")
-    result.total, result.done = 0, 0
+    result.total, result.done, result.correct = 0, 0, 0
     losses = _prepare_team(&space, work, sizes, batch_size, gather, workers, True)
     with nogil:
         if workers == 1:
@@ -323,4 +403,4 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
                              &space, &label_work[0] if label_work.shape[0] > 0 else NULL, losses, &result,
                              mlpcore_member(), mlpcore_team_size())
     _release_team(&space, losses)
-    return result.total, result.done
+    return result.total, result.done, result.correct

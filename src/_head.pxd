@@ -30,6 +30,15 @@ cdef inline floating row_max(const floating* row, Py_ssize_t n) noexcept nogil:
     return largest
 
 
+cdef inline Py_ssize_t row_argmax(const floating* row, Py_ssize_t n) noexcept nogil:
+    """The first index of the row's largest entry."""
+    cdef Py_ssize_t j, best = 0
+    for j in range(1, n):
+        if row[j] > row[best]:
+            best = j
+    return best
+
+
 cdef inline floating exp_shifted(floating* row, Py_ssize_t n, floating shift) noexcept nogil:
     """Replace row with exp(row - shift); return its sum."""
     cdef floating total = 0
@@ -42,10 +51,12 @@ cdef inline floating exp_shifted(floating* row, Py_ssize_t n, floating shift) no
 
 cdef inline double softmax_cross_entropy(floating* z, Py_ssize_t m, Py_ssize_t n_classes,
                                          const Py_ssize_t* labels, const floating* targets,
-                                         floating grad_scale, floating* column_sums) noexcept nogil:
+                                         floating grad_scale, floating* column_sums,
+                                         Py_ssize_t* n_correct) noexcept nogil:
     """One pass per row over the logits z (m x K): returns the summed cross-entropy of the rows and
     overwrites z with grad_scale * (P - T), the gradient at the logits (P = softmax(z)), whose column
-    sums go to column_sums unless it is NULL.
+    sums go to column_sums unless it is NULL. Unless n_correct is NULL, it gets the number of rows whose
+    largest logit is at the target's class (the largest target of a distribution).
 
     The targets are integer labels when `labels` is not NULL, else the rows of `targets` (m x K).
     Loss of a row: sum_j t_j * (logsumexp(z) - z_j), computed as (sum t) * log(s) - sum_j t_j (z_j - max)
@@ -58,9 +69,14 @@ cdef inline double softmax_cross_entropy(floating* z, Py_ssize_t m, Py_ssize_t n
     cdef Py_ssize_t i, j, y = 0
     if column_sums != NULL:
         memset(column_sums, 0, n_classes * sizeof(floating))
+    if n_correct != NULL:
+        n_correct[0] = 0
     for i in range(m):
         row = z + i * n_classes
         zmax = row_max(row, n_classes)
+        if n_correct != NULL:
+            n_correct[0] += row_argmax(row, n_classes) == (
+                labels[i] if labels != NULL else row_argmax(targets + i * n_classes, n_classes))
         if labels != NULL:
             y = labels[i]
             weighted_shift = row[y] - zmax

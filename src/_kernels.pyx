@@ -124,7 +124,7 @@ def softmax_cross_entropy(floating[:, ::1] z, const Py_ssize_t[::1] labels, cons
     _require(column_sums.shape[0] in (0, K), "shapes")
     return _softmax_cross_entropy(&z[0, 0], z.shape[0], K, &labels[0] if labels.shape[0] > 0 else NULL,
                                   &targets[0, 0] if labels.shape[0] == 0 else NULL, <floating>grad_scale,
-                                  &column_sums[0] if column_sums.shape[0] > 0 else NULL)
+                                  &column_sums[0] if column_sums.shape[0] > 0 else NULL, NULL)
 
 
 def softmax_rows(floating[:, ::1] z):
@@ -151,7 +151,8 @@ def write_weight_block(int kind, double lr, floating[::1] params, floating[::1] 
     _check_range(first_row, stop_row, n_in, "rows")
     _check_range(first_col, stop_col, n_out, "columns")
     _check_range(first_bias, stop_bias, n_out, "bias")
-    rule.kind, rule.lr, rule.state, rule.step = <RuleKind>kind, lr, NULL, 0
+    rule.kind, rule.lr, rule.lr_factors, rule.step = <RuleKind>kind, lr, NULL, 0
+    rule.first_moment = rule.second_moment = NULL
     block.offset, block.n_in, block.n_out = offset, n_in, n_out
     block.first_row, block.stop_row, block.first_col, block.stop_col = first_row, stop_row, first_col, stop_col
     block.first_bias, block.stop_bias = first_bias, stop_bias
@@ -159,5 +160,5 @@ def write_weight_block(int kind, double lr, floating[::1] params, floating[::1] 
     block.column_sums = <void**>malloc(block.n_parts * sizeof(void*))
     for p in range(block.n_parts):
         block.column_sums[p] = &column_sums[p, 0]
-    _write_weight_block(&rule, &params[0], &grads[0], &block, &x[0, 0], x.shape[0], &dz[0, 0])
+    _write_weight_block(&rule, &params[0], &grads[0], &block, &x[0, 0], x.shape[0], &dz[0, 0], 0)
     free(block.column_sums)

@@ -40,7 +40,7 @@ cdef extern from *:
 cdef enum:
     # The largest team the entry points take.
     MAX_TEAM = 64
-    # Each worker's batch loss sits on its own cache line (8 doubles apart).
+    # Each worker's batch loss and count of rows classified right sit on its own cache line (8 doubles).
     LOSS_STRIDE = 8
     # Feature blocks start on multiples of 16 items: fewer cache lines shared by workers.
     BLOCK_ALIGN = 16

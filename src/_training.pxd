@@ -37,12 +37,14 @@ from _update_rules cimport Rule, WeightBlock, write_weight_block
 cdef struct TeamResult:
     double total        # summed loss of the batches trained
     Py_ssize_t done     # batches trained
+    Py_ssize_t correct  # rows of those batches whose largest logit was at the target's class
 
 
 cdef struct Batch:
     # What every worker knows of the batch it trains; the arrays' element type is in the functions' args.
     const Py_ssize_t* sizes
     Py_ssize_t n_layers
+    Py_ssize_t index          # the batch's number in the pass
     Py_ssize_t start          # the batch is rows start..start+m-1 of the pass: of X, or of order
     Py_ssize_t m
     bint by_rows              # the scheme: shared out by rows, else by features
@@ -167,9 +169,10 @@ cdef inline void gather_targets(const Batch* batch, const floating* targets, Wor
 
 
 cdef inline void head(const Batch* batch, const floating* targets, Workspace* space) noexcept nogil:
-    """The softmax-cross-entropy head on this worker's rows of the batch's logits: their summed loss into
-    its slot of batch.losses, the logit gradient in their place, its column sums."""
-    cdef Py_ssize_t n_classes = batch.sizes[batch.n_layers], first = batch.first_row
+    """The softmax-cross-entropy head on this worker's rows of the batch's logits: their summed loss and
+    how many it classified right into its slot of batch.losses, the logit gradient in their place, its
+    column sums."""
+    cdef Py_ssize_t n_classes = batch.sizes[batch.n_layers], first = batch.first_row, correct = 0
     cdef const Py_ssize_t* labels
     cdef const floating* target_rows
     if batch.order != NULL:
@@ -183,22 +186,26 @@ cdef inline void head(const Batch* batch, const floating* targets, Workspace* sp
         <floating*>space.outputs[batch.n_layers] + first * n_classes, batch.stop_row - first, n_classes,
         labels + first if labels != NULL else NULL,
         target_rows + first * n_classes if labels == NULL else NULL, <floating>(1.0 / batch.m),
-        (<floating**>of_layer(space, space.column_sums, batch.n_layers))[batch.me])
+        (<floating**>of_layer(space, space.column_sums, batch.n_layers))[batch.me], &correct)
+    batch.losses[batch.me * LOSS_STRIDE + 1] = <double>correct
 
 
-cdef inline bint batch_loss_is_finite(const Batch* batch, double* batch_loss) noexcept nogil:
-    """Sum every worker's loss: called past a barrier since the head by every worker, which all sum the
-    same losses in the same order, so all stop together, before any update of a non-finite batch."""
+cdef inline bint batch_loss_is_finite(const Batch* batch, double* batch_loss,
+                                      double* batch_correct) noexcept nogil:
+    """Sum every worker's loss (and rows classified right): called past a barrier since the head by every
+    worker, which all sum the same losses in the same order, so all stop together, before any update of
+    a non-finite batch."""
     cdef int w
-    batch_loss[0] = 0
+    batch_loss[0] = batch_correct[0] = 0
     for w in range(batch.team):
         batch_loss[0] += batch.losses[w * LOSS_STRIDE]
+        batch_correct[0] += batch.losses[w * LOSS_STRIDE + 1]
     return isfinite(batch_loss[0])
 
 
 cdef inline bint train_batch(const Batch* batch, floating* params, floating* grads, const Rule* rule,
                              const floating* X, const floating* targets, Workspace* space,
-                             double* batch_loss) noexcept nogil:
+                             double* batch_loss, double* batch_correct) noexcept nogil:
     """This worker's part of one batch. Returns False, every worker together and with nothing written,
     if the batch's loss is not finite."""
     cdef Py_ssize_t n_layers = batch.n_layers, l
@@ -218,10 +225,11 @@ cdef inline bint train_batch(const Batch* batch, floating* params, floating* gra
             # Every worker has read these weights before anyone writes them, and the error at this
             # layer's output is whole (the weight product sums over every row).
             barrier(batch.team)
-        if l == n_layers - 1 and not batch_loss_is_finite(batch, batch_loss):
+        if l == n_layers - 1 and not batch_loss_is_finite(batch, batch_loss, batch_correct):
             return False
         block = weight_block(batch, l, space)
-        write_weight_block(rule, params, grads, &block, layer_in, batch.m, <floating*>space.deltas[l + 1])
+        write_weight_block(rule, params, grads, &block, layer_in, batch.m, <floating*>space.deltas[l + 1],
+                           batch.index)
         if not batch.by_rows and l > 1:
             barrier(batch.team)  # the error passed down is whole for the layer below
     return True
@@ -239,19 +247,20 @@ cdef inline void train_member(floating* params, floating* grads, const Py_ssize_
     # The feature scheme needs a team, a hidden layer, and fits at most partial_rows rows (always so
     # when split_by_rows says features; the bound of its buffers all the same).
     cdef Py_ssize_t feature_rows = partial_rows(sizes, n_layers, batch_size) if team > 1 and n_layers > 1 else 0
-    cdef double batch_loss = 0
+    cdef double batch_loss = 0, batch_correct = 0
     batch.sizes, batch.n_layers, batch.order, batch.labels = sizes, n_layers, order, labels
     batch.label_work, batch.losses = label_work, losses
     batch.me, batch.team = me, team
     for b in range(first_batch, stop_batch):
-        batch.start = b * batch_size
+        batch.index, batch.start = b, b * batch_size
         batch.m = min(batch_size, n - batch.start)
         batch.by_rows = batch.m > feature_rows or split_by_rows(batch.m, width, sizeof(floating))
         batch.first_row = share_start(batch.m, me, team)
         batch.stop_row = share_start(batch.m, me + 1, team)
-        if not train_batch(&batch, params, grads, rule, X, targets, space, &batch_loss):
+        if not train_batch(&batch, params, grads, rule, X, targets, space, &batch_loss, &batch_correct):
             break
         if me == 0:
             result.total += batch_loss
             result.done += 1
+            result.correct += <Py_ssize_t>batch_correct
         barrier(team)

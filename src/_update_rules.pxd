@@ -1,26 +1,39 @@
 # Update rules: what becomes of a layer's gradient once the backward pass has it. The training loop calls
 # write_weight_block once per layer and worker, for the block of that layer's weights the worker owns, and
-# knows nothing of the rule: a new rule (momentum, Adam) is a new kind here, with its state and its step,
-# and nothing else changes. A rule with state computes the block's gradient into grads, then steps the
-# same block of params from it, reading and writing its state at the same offsets (state is laid out like
-# params), so the step costs one pass over the block, needs no barrier, and no worker touches another's
-# block (see _team.pxd on why that matters).
+# knows nothing of the rule: a new rule is a new kind here, with its state and its step, and nothing else
+# changes. A rule with state computes the block's gradient into grads, then steps the same block of params
+# from it, reading and writing its state at the same offsets (state is laid out like params), so the step
+# costs one pass over the block, needs no barrier, and no worker touches another's block (see _team.pxd on
+# why that matters). The formulas are PyTorch's (torch.optim.SGD with dampening 0, Adam, AdamW), except that
+# weight decay never touches the bias row; mlpcore.reference writes them out.
 
 from cython cimport floating
+from libc.math cimport sqrt, pow
 
 from _layers cimport weight_gradient, bias_gradient
 
 
 cdef enum RuleKind:
     RULE_GRADIENTS_ONLY = 0  # write the gradient into grads, leave the weights
-    RULE_SGD = 1             # W -= lr * dW
+    RULE_SGD = 1             # W -= lr * dW, fused into the gradient product
+    RULE_SGD_MOMENTUM = 2    # SGD with momentum (heavy-ball or Nesterov) and/or L2 weight decay
+    RULE_ADAM = 3            # Adam (L2 weight decay added to the gradient) or AdamW (decoupled decay)
 
 
 cdef struct Rule:
     RuleKind kind
-    double lr               # the learning rate of this call (a schedule sets it per call)
-    void* state             # the rule's state, laid out like params (NULL for plain SGD)
-    Py_ssize_t step         # steps taken before this call (for rules whose step depends on it)
+    double lr               # the base learning rate
+    const double* lr_factors  # the schedule: batch b of the pass steps with lr * lr_factors[b] (NULL: 1)
+    double momentum
+    double weight_decay
+    double beta1
+    double beta2
+    double eps
+    bint nesterov
+    bint decoupled          # AdamW: W *= 1 - lr * weight_decay before the step, not L2 in the gradient
+    void* first_moment      # momentum buffer or Adam's m, laid out like params (NULL if unused)
+    void* second_moment     # Adam's v
+    Py_ssize_t step         # steps taken before batch 0 of the pass: batch b is step number step + b + 1
 
 
 cdef struct WeightBlock:
@@ -40,20 +53,82 @@ cdef struct WeightBlock:
     int n_parts
 
 
+cdef inline double batch_lr(const Rule* rule, Py_ssize_t batch) noexcept nogil:
+    """The learning rate of batch `batch` of the pass."""
+    return rule.lr * (rule.lr_factors[batch] if rule.lr_factors != NULL else 1.0)
+
+
+cdef inline void step_entries(const Rule* rule, floating* w, const floating* g, floating* m, floating* v,
+                              Py_ssize_t count, double lr, double weight_decay, double bias_correction1,
+                              double bias_correction2_sqrt) noexcept nogil:
+    """Step `count` consecutive weights w from their gradients g, with the rule's state m (and v)."""
+    cdef Py_ssize_t i
+    cdef floating grad, buf, denom
+    cdef floating f_lr = <floating>lr, wd = <floating>weight_decay, mu = <floating>rule.momentum
+    cdef floating b1 = <floating>rule.beta1, b2 = <floating>rule.beta2, eps = <floating>rule.eps
+    cdef floating step_size = <floating>(lr / bias_correction1)
+    cdef floating c2 = <floating>bias_correction2_sqrt
+    cdef floating decay = <floating>(1.0 - lr * weight_decay)
+    if rule.kind == RULE_SGD_MOMENTUM:
+        for i in range(count):
+            grad = g[i] + wd * w[i]
+            if m != NULL:
+                buf = mu * m[i] + grad
+                m[i] = buf
+                grad = grad + mu * buf if rule.nesterov else buf
+            w[i] = w[i] - f_lr * grad
+    else:
+        for i in range(count):
+            if rule.decoupled:
+                w[i] = w[i] * decay
+                grad = g[i]
+            else:
+                grad = g[i] + wd * w[i]
+            m[i] = b1 * m[i] + (1 - b1) * grad
+            v[i] = b2 * v[i] + (1 - b2) * grad * grad
+            denom = sqrt(v[i]) / c2 + eps
+            w[i] = w[i] - step_size * m[i] / denom
+
+
+cdef inline void step_block(const Rule* rule, floating* params, const floating* grads,
+                            const WeightBlock* block, Py_ssize_t batch) noexcept nogil:
+    """Step the block's weights and bias entries from their gradients in grads (a rule with state)."""
+    cdef double lr = batch_lr(rule, batch), bias_correction1 = 1, bias_correction2_sqrt = 1
+    cdef Py_ssize_t r, start, n = block.n_out, bias_row = block.offset + block.n_in * block.n_out
+    cdef floating* m = <floating*>rule.first_moment
+    cdef floating* v = <floating*>rule.second_moment
+    if rule.kind == RULE_ADAM:
+        bias_correction1 = 1 - pow(rule.beta1, <double>(rule.step + batch + 1))
+        bias_correction2_sqrt = sqrt(1 - pow(rule.beta2, <double>(rule.step + batch + 1)))
+    for r in range(block.first_row, block.stop_row):
+        start = block.offset + r * n + block.first_col
+        step_entries(rule, params + start, grads + start, m + start if m != NULL else NULL,
+                     v + start if v != NULL else NULL, block.stop_col - block.first_col, lr,
+                     rule.weight_decay, bias_correction1, bias_correction2_sqrt)
+    if block.stop_bias > block.first_bias:
+        # The bias row: no weight decay.
+        start = bias_row + block.first_bias
+        step_entries(rule, params + start, grads + start, m + start if m != NULL else NULL,
+                     v + start if v != NULL else NULL, block.stop_bias - block.first_bias, lr, 0.0,
+                     bias_correction1, bias_correction2_sqrt)
+
+
 cdef inline void write_weight_block(const Rule* rule, floating* params, floating* grads,
                                     const WeightBlock* block, const floating* x, Py_ssize_t m,
-                                    const floating* dz) noexcept nogil:
+                                    const floating* dz, Py_ssize_t batch) noexcept nogil:
     """Apply `rule` to `block` of a layer whose input is x (m x n_in) and whose error at the output is
-    dz (m x n_out): the one place where weights are written."""
+    dz (m x n_out), for batch `batch` of the pass: the one place where weights are written."""
     cdef floating* dest
     cdef floating alpha, beta
     if rule.kind == RULE_SGD:
         # W = W - lr * dW straight from the products (alpha = -lr, beta = 1 into W): no pass over a
         # gradient buffer, no separate axpy over all the weights each batch. Why SGD is at the floor.
-        dest, alpha, beta = params, <floating>(-rule.lr), <floating>1
+        dest, alpha, beta = params, <floating>(-batch_lr(rule, batch)), <floating>1
     else:
         dest, alpha, beta = grads, <floating>1, <floating>0
     weight_gradient(x, m, block.n_in, dz, block.n_out, block.first_row, block.stop_row, block.first_col,
                     block.stop_col, dest + block.offset, alpha, beta)
     bias_gradient(dest + block.offset + block.n_in * block.n_out, block.first_bias, block.stop_bias,
                   <floating**>block.column_sums, block.n_parts, alpha, beta)
+    if rule.kind == RULE_SGD_MOMENTUM or rule.kind == RULE_ADAM:
+        step_block(rule, params, grads, block, batch)

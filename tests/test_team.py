@@ -110,7 +110,7 @@ def test_a_team_stops_together_before_a_batch_with_a_non_finite_loss(workers, la
     params = np.concatenate([W.ravel() for W in net.weights])
     work = np.empty(_compiled.workspace_size(sizes, 4, False, workers, True), dtype=dtype)
     with _threads.blas_threads(1):  # as the core requires of a team
-        total, done = _compiled.train_batches(params, np.empty_like(params), sizes, X, y.astype(np.intp),
+        total, done, _ = _compiled.train_batches(params, np.empty_like(params), sizes, X, y.astype(np.intp),
                                           np.empty((0, 0), dtype), np.empty(0, np.intp), 4, 0, 4,
                                           _compiled.UpdateRule(_compiled.SGD, 0.1), work,
                                           np.empty(4, np.intp), workers)

@@ -1,0 +1,317 @@
+"""fit with momentum, Nesterov, Adam, AdamW, weight decay and schedules computes what the reference
+computes, batch by batch, on one thread and on teams sharing batches out by rows and by features; the
+optimizer's state carries over between fits and is rolled back with the weights."""
+import numpy as np
+import pytest
+
+import mlpcore
+from mlpcore import optimizers, reference, schedules, _threads
+from conftest import make_problem, relative_error
+
+SIZES = [12, 40, 20, 4]
+N_ROWS, BATCH, EPOCHS = 50, 5, 5  # 50 steps
+TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+
+OPTIMIZERS = {
+    "momentum": lambda: optimizers.SGD(lr=0.05, momentum=0.9),
+    "nesterov": lambda: optimizers.SGD(lr=0.05, momentum=0.9, nesterov=True),
+    "sgd-weight-decay": lambda: optimizers.SGD(lr=0.05, weight_decay=0.01),
+    "momentum-weight-decay": lambda: optimizers.SGD(lr=0.05, momentum=0.5, weight_decay=0.01),
+    "adam": lambda: optimizers.Adam(lr=0.01),
+    "adam-l2": lambda: optimizers.Adam(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05),
+    "adamw": lambda: optimizers.AdamW(lr=0.01, weight_decay=0.1),
+}
+SCHEDULES = {
+    "constant": (None, lambda p: 1.0),
+    "cosine": (schedules.Cosine(warmup=0.1, final=0.05), lambda p: reference.cosine_factor(p, 0.1, 0.05)),
+    "callable": (lambda p: 1 - 0.5 * p, lambda p: 1 - 0.5 * p),
+}
+
+
+def _reference_step(optimizer, weights, grads, state, step, lr):
+    """The reference's step for `optimizer`, with its state in `state` (lists of arrays like weights)."""
+    if isinstance(optimizer, optimizers.Adam):
+        reference.adam_step(weights, grads, state["m"], state["v"], step, lr, optimizer.betas, optimizer.eps,
+                            optimizer.weight_decay, decoupled=isinstance(optimizer, optimizers.AdamW))
+    else:
+        reference.sgd_step(weights, grads, state["m"], lr, optimizer.momentum, optimizer.nesterov,
+                           optimizer.weight_decay)
+
+
+def _reference_fit(weights, X, y, optimizer, factor, epochs=EPOCHS, batch_size=BATCH, seed=0, step=0,
+                   state=None):
+    """fit as documented, in the reference: shuffled batches, `factor(progress)` on the lr per batch.
+    Returns (losses, accuracies) per epoch; `state` (moments) is updated in place."""
+    rng = np.random.default_rng(seed)
+    n_batches = -(-len(X) // batch_size)
+    losses, accuracies = [], []
+    for epoch in range(epochs):
+        order = rng.permutation(len(X))
+        total = correct = 0.0
+        for b in range(n_batches):
+            rows = order[b * batch_size:(b + 1) * batch_size]
+            logits = reference.forward_all(weights, X[rows])[1][-1]
+            targets = reference.targets_matrix(y[rows], logits.shape[1], logits.dtype)
+            correct += (logits.argmax(axis=1) == targets.argmax(axis=1)).sum()
+            value, grads = reference.loss_and_gradients(weights, X[rows], y[rows])
+            total += value * len(rows)
+            step += 1
+            progress = (epoch * n_batches + b + 1) / (epochs * n_batches)
+            _reference_step(optimizer, weights, grads, state, step, optimizer.lr * factor(progress))
+        losses.append(total / len(X))
+        accuracies.append(correct / len(X))
+    return losses, accuracies
+
+
+def _zeros_like(weights):
+    return {"m": [np.zeros_like(W) for W in weights], "v": [np.zeros_like(W) for W in weights]}
+
+
+@pytest.fixture(params=[1, 2, 3], ids=["1 thread", "team of 2", "team of 3"])
+def threads(request, monkeypatch):
+    # Teams whatever the machine: every batch of 5 rows shared out (by features, 40 wide, in both dtypes).
+    monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(_threads, "usable_cores", lambda: 64)
+    return request.param
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_fit_with_an_optimizer_matches_the_reference(name, schedule, threads, dtype):
+    X, y = make_problem(SIZES, N_ROWS, dtype, seed=1)
+    net = mlpcore.Network(SIZES, dtype=dtype, init="glorot", seed=2)
+    ref_weights = [W.copy() for W in net.weights]
+    optimizer = OPTIMIZERS[name]()
+    history = net.fit(X, y, epochs=EPOCHS, batch_size=BATCH, optimizer=optimizer,
+                      schedule=SCHEDULES[schedule][0], seed=0, threads=threads)
+    losses, accuracies = _reference_fit(ref_weights, X, y, OPTIMIZERS[name](), SCHEDULES[schedule][1],
+                                        state=_zeros_like(ref_weights))
+    tolerance = TOLERANCE[dtype]
+    np.testing.assert_allclose(history.loss, losses, rtol=tolerance)
+    for W, ref_W in zip(net.weights, ref_weights):
+        assert relative_error(W, ref_W) <= tolerance
+    if dtype == np.float64:  # a float32 logit may round onto a tie the reference breaks the other way
+        np.testing.assert_array_equal(history.accuracy, accuracies)
+    assert optimizer.step == EPOCHS * N_ROWS // BATCH
+
+
+def test_rows_scheme_with_adam_matches_the_reference(monkeypatch):
+    # Batches of 25 rows on a team of 2, 40 wide: shared out by rows.
+    monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(_threads, "usable_cores", lambda: 2)
+    X, y = make_problem(SIZES, N_ROWS, np.float64, "soft", seed=1)
+    net = mlpcore.Network(SIZES, dtype="float64", seed=2)
+    ref_weights = [W.copy() for W in net.weights]
+    net.fit(X, y, epochs=4, batch_size=25, optimizer=optimizers.Adam(lr=0.01, weight_decay=0.01), seed=0,
+            threads=2)
+    _reference_fit(ref_weights, X, y, optimizers.Adam(lr=0.01, weight_decay=0.01), lambda p: 1.0, epochs=4,
+                   batch_size=25, state=_zeros_like(ref_weights))
+    for W, ref_W in zip(net.weights, ref_weights):
+        assert relative_error(W, ref_W) <= 1e-10
+
+
+def test_schedules_give_a_factor_per_batch():
+    step = schedules.Step(every=2, gamma=0.5)
+    assert [step.factors(e, 6, 3)[0] for e in range(1, 7)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    # Cosine over 2 epochs of 4 batches, warm-up over the first quarter: progress 1/8 ... 8/8.
+    cosine = schedules.Cosine(warmup=0.25, final=0.1)
+    factors = np.concatenate([cosine.factors(e, 2, 4) for e in (1, 2)])
+    expected = [0.5, 1.0] + [0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * (p / 8 - 0.25) / 0.75)) for p in range(3, 9)]
+    np.testing.assert_allclose(factors, expected)
+    assert factors[-1] == pytest.approx(0.1)
+    np.testing.assert_array_equal(schedules.Constant().factors(3, 5, 7), np.ones(7))
+
+
+def test_history_records_the_lr_of_each_epochs_last_batch():
+    X, y = make_problem(SIZES, 20, np.float64)
+    net = mlpcore.Network(SIZES, dtype="float64", seed=0)
+    history = net.fit(X, y, epochs=3, batch_size=10, optimizer="momentum", lr=0.2,
+                      schedule=schedules.Step(every=1, gamma=0.1))
+    np.testing.assert_allclose(history.lr, [0.2, 0.02, 0.002])
+
+
+@pytest.mark.parametrize("name", ["momentum", "adam"])
+def test_an_instance_carries_its_state_from_fit_to_fit(name):
+    X, y = make_problem(SIZES, N_ROWS, np.float64, seed=1)
+    whole = mlpcore.Network(SIZES, dtype="float64", seed=2)
+    parts = mlpcore.Network(SIZES, dtype="float64", seed=2)
+    whole.fit(X, y, epochs=4, batch_size=BATCH, optimizer=OPTIMIZERS[name](), shuffle=False)
+    optimizer = OPTIMIZERS[name]()
+    for _ in range(2):
+        parts.fit(X, y, epochs=2, batch_size=BATCH, optimizer=optimizer, shuffle=False)
+    assert optimizer.step == 4 * N_ROWS // BATCH
+    for a, b in zip(whole.weights, parts.weights):
+        np.testing.assert_array_equal(a, b)
+    # A name starts afresh: a second fit by name is not the continuation.
+    fresh = mlpcore.Network(SIZES, dtype="float64", seed=2)
+    for _ in range(2):
+        fresh.fit(X, y, epochs=2, batch_size=BATCH, optimizer=name, shuffle=False)
+    assert any(not np.array_equal(a, b) for a, b in zip(whole.weights, fresh.weights))
+
+
+@pytest.mark.parametrize("stop", ["callback", "divergence"])
+def test_an_interrupted_fit_rolls_back_weights_and_state_and_can_continue(stop):
+    X, y = make_problem(SIZES, N_ROWS, np.float64, seed=1)
+    whole = mlpcore.Network(SIZES, dtype="float64", seed=2)
+    whole.fit(X, y, epochs=4, batch_size=BATCH, optimizer=optimizers.Adam(lr=0.01), shuffle=False)
+
+    net = mlpcore.Network(SIZES, dtype="float64", seed=2)
+    optimizer = optimizers.Adam(lr=0.01)
+
+    def fail_in_epoch_3(history):
+        if history.epoch[-1] == 3:
+            raise RuntimeError("stop")
+
+    if stop == "callback":
+        with pytest.raises(RuntimeError):
+            net.fit(X, y, epochs=4, batch_size=BATCH, optimizer=optimizer, shuffle=False,
+                    on_epoch_end=fail_in_epoch_3)
+    else:
+        net.fit(X, y, epochs=2, batch_size=BATCH, optimizer=optimizer, shuffle=False)
+        X_bad = X.copy()
+        X_bad[N_ROWS // 2] = np.finfo(np.float64).max  # a batch in the middle of the epoch overflows
+        with pytest.raises(mlpcore.TrainingDiverged), pytest.warns(UserWarning, match="unscaled"):
+            net.fit(X_bad, y, epochs=1, batch_size=BATCH, optimizer=optimizer, shuffle=False)
+    assert optimizer.step == 2 * N_ROWS // BATCH
+    net.fit(X, y, epochs=2, batch_size=BATCH, optimizer=optimizer, shuffle=False)
+    for a, b in zip(whole.weights, net.weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_lr_alone_is_plain_sgd_bit_for_bit():
+    X, y = make_problem(SIZES, N_ROWS, np.float32, seed=1)
+    a = mlpcore.Network(SIZES, seed=2)
+    b = mlpcore.Network(SIZES, seed=2)
+    a.fit(X, y, epochs=3, batch_size=BATCH, lr=0.3, seed=0)
+    b.fit(X, y, epochs=3, batch_size=BATCH, optimizer=optimizers.SGD(lr=0.3), seed=0)
+    ref = [W.copy() for W in mlpcore.Network(SIZES, seed=2).weights]
+    c = mlpcore.Network(SIZES, seed=2)
+    c.fit(X, y, epochs=3, batch_size=BATCH, optimizer="sgd", lr=0.3, seed=0)
+    for Wa, Wb, Wc in zip(a.weights, b.weights, c.weights):
+        np.testing.assert_array_equal(Wa, Wb)
+        np.testing.assert_array_equal(Wa, Wc)
+    assert any(not np.array_equal(W, R) for W, R in zip(a.weights, ref))
+
+
+def test_mlpcore_steps_as_pytorch_does():
+    torch = pytest.importorskip("torch")
+    X, y = make_problem(SIZES, 20, np.float64, seed=3)
+    net = mlpcore.Network(SIZES, dtype="float64", init="glorot", seed=4)
+    layers = []
+    for W in net.weights:
+        linear = torch.nn.Linear(W.shape[0] - 1, W.shape[1]).double()
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(W[:-1].T.copy()))
+            linear.bias.copy_(torch.from_numpy(W[-1].copy()))
+        layers += [linear, torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1])
+    weights = [p for i, p in enumerate(model.parameters()) if i % 2 == 0]
+    biases = [p for i, p in enumerate(model.parameters()) if i % 2 == 1]
+    # Weight decay on the weights only, as mlpcore does.
+    torch_optimizer = torch.optim.AdamW([{"params": weights, "weight_decay": 0.1},
+                                         {"params": biases, "weight_decay": 0.0}], lr=0.01)
+    X_t, y_t = torch.from_numpy(X), torch.from_numpy(y)
+    for start in range(0, 20, 5):
+        torch_optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(X_t[start:start + 5]), y_t[start:start + 5]).backward()
+        torch_optimizer.step()
+    net.fit(X, y, epochs=1, batch_size=5, optimizer=optimizers.AdamW(lr=0.01, weight_decay=0.1),
+            shuffle=False)
+    for W, linear in zip(net.weights, [m for m in model if isinstance(m, torch.nn.Linear)]):
+        expected = np.vstack([linear.weight.detach().numpy().T, linear.bias.detach().numpy()])
+        assert relative_error(W, expected) <= 1e-12
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: optimizers.SGD(momentum=-0.1), "momentum must be >= 0"),
+    (lambda: optimizers.SGD(nesterov=True), "nesterov=True needs a momentum > 0"),
+    (lambda: optimizers.SGD(weight_decay=float("nan")), "weight_decay must be finite"),
+    (lambda: optimizers.SGD(lr=0), "lr must be a finite number > 0"),
+    (lambda: optimizers.Adam(betas=(1.0, 0.999)), r"betas\[0\] must be in \[0, 1\)"),
+    (lambda: optimizers.Adam(betas=(0.9, -0.1)), r"betas\[1\] must be in \[0, 1\)"),
+    (lambda: optimizers.Adam(eps=-1e-8), "eps must be >= 0"),
+    (lambda: schedules.Cosine(warmup=1.0), r"warmup must be in \[0, 1\)"),
+    (lambda: schedules.Cosine(final=1.5), r"final must be in \[0, 1\]"),
+    (lambda: schedules.Step(every=0, gamma=0.5), "every must be >= 1"),
+    (lambda: schedules.Step(every=1, gamma=0), "gamma must be > 0"),
+    (lambda: mlpcore.EarlyStopping(patience=0), "patience must be >= 1"),
+    (lambda: mlpcore.EarlyStopping(monitor="val_los"), "monitor must be one of"),
+    (lambda: mlpcore.EarlyStopping(min_delta=-1), "min_delta must be >= 0"),
+])
+def test_bad_hyperparameters_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"optimizer": "adagrad"}, ValueError, "optimizer must be one of"),
+    ({"optimizer": 3}, TypeError, "optimizer must be None, a name"),
+    ({"lr": -1.0}, ValueError, "lr must be a finite number > 0"),
+    ({"schedule": "linear"}, ValueError, "schedule must be one of"),
+    ({"schedule": 0.5}, TypeError, "schedule must be None"),
+    ({"schedule": lambda p: -1.0}, ValueError, "the schedule gave the learning-rate factor -1"),
+    ({"validation_split": 1.0}, ValueError, r"validation_split must be in \[0, 1\)"),
+    ({"validation_split": 0.001}, ValueError, "holds out no row"),
+    ({"early_stopping": mlpcore.EarlyStopping()}, ValueError, "needs validation_data or validation_split"),
+    ({"early_stopping": "val_loss"}, TypeError, "early_stopping must be an mlpcore.EarlyStopping"),
+])
+def test_bad_fit_arguments_leave_weights_and_optimizer_state_unchanged(kwargs, error, message):
+    X, y = make_problem(SIZES, 40, np.float64, seed=1)
+    net = mlpcore.Network(SIZES, dtype="float64", seed=2)
+    optimizer = optimizers.Adam(lr=0.01)
+    net.fit(X, y, epochs=1, batch_size=10, optimizer=optimizer)
+    weights, (step, state) = net._params.copy(), optimizer._snapshot()
+    kwargs = {"optimizer": optimizer, **kwargs}
+    with pytest.raises(error, match=message):
+        net.fit(X, y, epochs=1, batch_size=10, **kwargs)
+    np.testing.assert_array_equal(net._params, weights)
+    assert optimizer.step == step
+    for name, array in optimizer.state.items():
+        np.testing.assert_array_equal(array, state[name])
+
+
+def test_an_optimizer_refuses_another_networks_shape():
+    X, y = make_problem(SIZES, 20, np.float64)
+    optimizer = optimizers.Adam()
+    mlpcore.Network(SIZES, dtype="float64").fit(X, y, epochs=1, optimizer=optimizer)
+    other = mlpcore.Network([12, 5, 4], dtype="float64")
+    before = other._params.copy()
+    with pytest.raises(ValueError, match="use a new optimizer for another network"):
+        other.fit(X, y, epochs=1, optimizer=optimizer)
+    np.testing.assert_array_equal(other._params, before)
+
+
+def test_validation_split_is_stratified_and_seeded():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2, 3], [40, 20, 20, 20])
+    X = rng.normal(size=(100, SIZES[0]))
+    seen = []
+
+    def record(history):
+        seen.append(history.val_accuracy[-1])
+
+    for _ in range(2):
+        net = mlpcore.Network(SIZES, dtype="float64", seed=0)
+        net.fit(X, y, epochs=1, validation_split=0.25, seed=5, on_epoch_end=record)
+    assert seen[0] == seen[1]  # the same rows held out for the same seed
+    from mlpcore._training import hold_out
+    X_train, labels, _, (X_val, val_labels, _) = hold_out(X, y, None, 0.25, 5)
+    assert np.bincount(val_labels).tolist() == [10, 5, 5, 5]
+    assert len(X_train) == 75 and len(X_val) == 25
+    with pytest.raises(ValueError, match="holds out every row of class 3"):
+        hold_out(X[:61], np.r_[np.zeros(60, int), [3]], None, 0.6, 0)
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch():
+    X, y = make_problem(SIZES, 60, np.float64, seed=1)
+    X_val, y_val = make_problem(SIZES, 30, np.float64, seed=9)  # noise: validation loss soon rises
+    net = mlpcore.Network(SIZES, dtype="float64", seed=2)
+    snapshots = []
+    history = net.fit(X, y, epochs=100, batch_size=10, optimizer="adam", lr=0.02,
+                      validation_data=(X_val, y_val), early_stopping=mlpcore.EarlyStopping(patience=3),
+                      on_epoch_end=lambda h: snapshots.append(net._params.copy()))
+    best = int(np.argmin(history.val_loss)) + 1
+    assert history.best_epoch == best
+    assert history.stopped_epoch == best + 3 == len(history.epoch) < 100
+    np.testing.assert_array_equal(net._params, snapshots[best - 1])
+    assert net.loss(X_val, y_val) == pytest.approx(history.val_loss[best - 1], rel=1e-12)
