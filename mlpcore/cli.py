@@ -15,12 +15,22 @@ from . import __version__
 from . import _validation as check
 from ._files import atomic_write
 from ._initialisation import INITS
+from .optimizers import NAMES
+from .schedules import NAMES as SCHEDULES
 
-HISTORY_FIELDS = ("epoch", "train_loss", "test_loss", "test_accuracy", "seconds")
-# Defaults: the student's network, with an initialisation and learning rate that make it learn.
+HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds")
 DEFAULT_HIDDEN = (300, 300)
-DEFAULT_LR = 0.3
-DEFAULT_EPOCHS = 20
+# The training recipe of `mlpcore train` without flags: the one that took the student's network highest
+# within about 25 s of training on a 2-core machine (README, "Recipes"). Every entry is a flag's default.
+RECIPE = {"optimizer": "nesterov", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine",
+          "warmup": 0.0, "batch_size": 128, "epochs": 20, "init": "he", "val_split": 0.0, "patience": None}
+# --preset NAME: settings to compare with, which the flags given alongside override.
+PRESETS = {
+    # The original post's: plain SGD at lr 0.001 on N(0, 0.01) weights, batches of 600.
+    "student": {"optimizer": "sgd", "lr": 0.001, "momentum": 0.0, "weight_decay": 0.0, "schedule": "constant",
+                "warmup": 0.0, "batch_size": 600, "epochs": 20, "init": "normal", "val_split": 0.0,
+                "patience": None},
+}
 
 
 class UsageError(Exception):
@@ -53,6 +63,20 @@ _positive_int = _integer_at_least(1, "a positive integer")
 _seed = _integer_at_least(0, "a non-negative integer")
 
 
+def _number_in(low, high, what, high_open=False):
+    """An argparse type: a real number in [low, high] ([low, high) with high_open), `what` in errors."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        try:
+            return check.check_real(value, what, low=low, high=high, high_open=high_open)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}") from None
+    return parse
+
+
 def _learning_rate(text):
     try:
         value = float(text)
@@ -77,13 +101,34 @@ def _build_parser():
 
     train = commands.add_parser("train", help="train a network on Fashion-MNIST", formatter_class=defaults,
                                 description="Train a network on Fashion-MNIST and save it with its history.")
-    train.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS, help="passes over the data")
-    train.add_argument("--lr", type=_learning_rate, default=DEFAULT_LR, help="SGD learning rate")
-    train.add_argument("--batch-size", type=_positive_int, default=600, help="rows per SGD step")
+    recipe = "default: the recipe's (see --preset and README, Recipes)"
+    train.add_argument("--preset", choices=sorted(PRESETS),
+                       help="start from a preset's settings (student: the original post's plain SGD, lr 0.001, "
+                            "N(0, 0.01) weights, batches of 600); the flags given override it")
+    train.add_argument("--epochs", type=_positive_int, help=f"passes over the data ({recipe}: "
+                                                            f"{RECIPE['epochs']})")
+    train.add_argument("--optimizer", choices=sorted(NAMES), help=f"{recipe}: {RECIPE['optimizer']}")
+    train.add_argument("--lr", type=_learning_rate, help=f"learning rate ({recipe}: {RECIPE['lr']})")
+    train.add_argument("--momentum", type=_number_in(0, None, "a number >= 0"),
+                       help="momentum of sgd, momentum and nesterov (default: 0 for sgd, 0.9 for the others)")
+    train.add_argument("--weight-decay", type=_number_in(0, None, "a number >= 0"),
+                       help=f"L2 weight decay, decoupled for adamw; never on biases ({recipe}: "
+                            f"{RECIPE['weight_decay']})")
+    train.add_argument("--schedule", choices=sorted(SCHEDULES),
+                       help=f"learning-rate schedule, per batch ({recipe}: {RECIPE['schedule']})")
+    train.add_argument("--warmup", type=_number_in(0, 1, "a fraction in [0, 1)", high_open=True),
+                       help="fraction of training spent warming the cosine schedule up from 0")
+    train.add_argument("--val-split", type=_number_in(0, 1, "a fraction in [0, 1)", high_open=True),
+                       help="fraction of the training images held out for validation (stratified)")
+    train.add_argument("--patience", type=_positive_int,
+                       help="stop after this many epochs without a better validation loss (training loss "
+                            "without --val-split), keeping the best epoch's model")
+    train.add_argument("--batch-size", type=_positive_int, help=f"rows per step ({recipe}: "
+                                                                f"{RECIPE['batch_size']})")
     train.add_argument("--hidden", type=_positive_int, nargs="*", default=list(DEFAULT_HIDDEN),
                        metavar="N", help="hidden layer sizes (default: 300 300; none: softmax regression)")
     train.add_argument("--dtype", choices=[dtype.name for dtype in check.SUPPORTED_DTYPES], default="float32")
-    train.add_argument("--init", choices=INITS, default="he")
+    train.add_argument("--init", choices=INITS, help=f"initial weights ({recipe}: {RECIPE['init']})")
     train.add_argument("--seed", type=_seed, default=0, help="seed of the initial weights and shuffling")
     train.add_argument("--data", type=Path, help=data_help)
     train.add_argument("--out", type=Path, help="output folder (default: a new folder under runs/)")
@@ -149,8 +194,34 @@ def _new_run_dir():
     return path
 
 
+def _settings(args):
+    """The training settings: the preset's (or the recipe's), overridden by the flags given. A flag
+    --optimizer resets the learning rate, momentum and weight decay not given to that optimizer's own."""
+    settings = dict(PRESETS[args.preset] if args.preset else RECIPE)
+    given = {name: getattr(args, name) for name in settings if getattr(args, name, None) is not None}
+    if "optimizer" in given:
+        settings.update(lr=None, momentum=None, weight_decay=None)
+    settings.update(given)
+    return settings
+
+
+def _optimizer(settings):
+    from . import optimizers
+
+    name, lr, weight_decay = settings["optimizer"], settings["lr"], settings["weight_decay"]
+    if name in ("sgd", "momentum", "nesterov"):
+        momentum = settings["momentum"]
+        if momentum is None:
+            momentum = 0.0 if name == "sgd" else 0.9
+        return optimizers.SGD(lr=lr or 0.1, momentum=momentum, nesterov=name == "nesterov",
+                              weight_decay=weight_decay or 0.0)
+    kind = optimizers.AdamW if name == "adamw" else optimizers.Adam
+    extra = {} if weight_decay is None else {"weight_decay": weight_decay}
+    return kind(lr=lr or 0.001, **extra)
+
+
 def _train(args):
-    from . import Network, TrainingDiverged
+    from . import EarlyStopping, Network, TrainingDiverged, schedules
 
     out = args.out if args.out is not None else _new_run_dir()
     if out.exists() and not out.is_dir():
@@ -158,33 +229,54 @@ def _train(args):
     if (out / "model.npz").exists() and not args.force:
         raise UsageError(f"mlpcore train: {out} already holds a model: choose another --out, or add "
                          "--force to replace it")
+    chosen = _settings(args)
+    optimizer = _optimizer(chosen)
+    schedule = schedules.Cosine(warmup=chosen["warmup"]) if chosen["schedule"] == "cosine" else None
+    epochs, batch_size, val_split = chosen["epochs"], chosen["batch_size"], chosen["val_split"]
+    early_stopping = None
+    if chosen["patience"] is not None:
+        early_stopping = EarlyStopping(monitor="val_loss" if val_split > 0 else "loss",
+                                       patience=chosen["patience"])
     (X_train, y_train), (X_test, y_test) = _load_data(args.data, args.dtype)
     sizes = [X_train.shape[1], *args.hidden, 10]
-    net = Network(sizes, dtype=args.dtype, init=args.init, seed=args.seed)
+    net = Network(sizes, dtype=args.dtype, init=chosen["init"], seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"layer_sizes": sizes, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                "dtype": args.dtype, "init": args.init, "seed": args.seed,
+    settings = {"layer_sizes": sizes, "epochs": epochs, "optimizer": repr(optimizer), "lr": optimizer.lr,
+                "schedule": repr(schedule or schedules.Constant()), "batch_size": batch_size,
+                "val_split": val_split, "patience": chosen["patience"], "preset": args.preset,
+                "dtype": args.dtype, "init": chosen["init"], "seed": args.seed,
                 "data": str(args.data) if args.data else None, "n_train": len(X_train)}
     print(f"mlpcore {__version__}: training {'-'.join(map(str, sizes))} ({args.dtype}) on "
-          f"{len(X_train)} images, batches of {args.batch_size}, lr {args.lr:g}, {args.epochs} epochs")
+          f"{round(len(X_train) * (1 - val_split))} images, batches of {batch_size}, {optimizer}, "
+          f"{settings['schedule']} schedule, {epochs} epochs")
 
     rows = []
     progress = _EpochProgress()
+    width = len(str(epochs))
 
     def on_epoch_end(history):
         progress.close()
-        row = dict(zip(HISTORY_FIELDS, (history.epoch[-1], history.loss[-1], history.val_loss[-1],
-                                        history.val_accuracy[-1], history.seconds[-1])))
-        print(f"epoch {row['epoch']:>{len(str(args.epochs))}}/{args.epochs}  "
-              f"train loss {row['train_loss']:.4f}  test loss {row['test_loss']:.4f}  "
-              f"test accuracy {100 * row['test_accuracy']:.2f}%  {row['seconds']:.1f} s", flush=True)
+        if val_split > 0:
+            test_loss, test_accuracy = net.loss(X_test, y_test), net.score(X_test, y_test)
+        else:
+            test_loss, test_accuracy = history.val_loss[-1], history.val_accuracy[-1]
+        row = dict(zip(HISTORY_FIELDS, (history.epoch[-1], history.loss[-1], history.accuracy[-1], test_loss,
+                                        test_accuracy, history.lr[-1], history.seconds[-1])))
+        validation = (f"  val loss {history.val_loss[-1]:.4f}  val accuracy "
+                      f"{100 * history.val_accuracy[-1]:.2f}%" if val_split > 0 else "")
+        print(f"epoch {row['epoch']:>{width}}/{epochs}  train loss {row['train_loss']:.4f}{validation}  "
+              f"test loss {row['test_loss']:.4f}  test accuracy {100 * row['test_accuracy']:.2f}%  "
+              f"{row['seconds']:.1f} s", flush=True)
         rows.append(row)  # last: an epoch interrupted before this is not kept (fit rolls it back)
 
     stopped = None  # why training ended early, if it did
+    history = None
     try:
-        net.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                seed=args.seed, threads=args.threads, validation_data=(X_test, y_test),
-                on_epoch_end=on_epoch_end, on_progress=progress.update)
+        history = net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                          schedule=schedule, seed=args.seed, threads=args.threads,
+                          validation_data=None if val_split > 0 else (X_test, y_test),
+                          validation_split=val_split, early_stopping=early_stopping,
+                          on_epoch_end=on_epoch_end, on_progress=progress.update)
     except KeyboardInterrupt:
         stopped = "interrupted"
     except TrainingDiverged as exc:
@@ -192,15 +284,21 @@ def _train(args):
     if stopped is not None:
         progress.close()
         print(f"\n{stopped}\nkeeping the model of the last finished epoch ({len(rows)})", file=sys.stderr)
+    kept = rows[-1] if rows else None
+    if history is not None and history.best_epoch is not None:
+        kept = rows[history.best_epoch - 1]
+        ended = f"stopped after epoch {history.stopped_epoch}" if history.stopped_epoch else "ran every epoch"
+        print(f"early stopping: {ended}; keeping epoch {history.best_epoch}, the best by "
+              f"{early_stopping.monitor}")
 
-    net.metadata = {"settings": settings, "epochs_trained": len(rows),
-                    "final": rows[-1] if rows else None, "interrupted": stopped == "interrupted",
+    net.metadata = {"settings": settings, "epochs_trained": len(rows), "final": kept,
+                    "interrupted": stopped == "interrupted",
                     "diverged": stopped is not None and stopped != "interrupted"}
     net.save(out / "model.npz")
     _write_history(out, rows)
     plotted = _plot(out / "curves.png", rows)
-    if rows:
-        print(f"final test accuracy {100 * rows[-1]['test_accuracy']:.2f}% after {len(rows)} "
+    if kept is not None:
+        print(f"final test accuracy {100 * kept['test_accuracy']:.2f}% after {len(rows)} "
               f"epoch{'s' if len(rows) > 1 else ''} "
               f"({sum(r['seconds'] for r in rows):.1f} s of training)")
     print(f"saved model.npz, history.json, history.csv{', curves.png' if plotted else ''} in {out}")

@@ -55,7 +55,8 @@ def test_train_prints_epochs_and_saves_everything(trained_run):
     assert "final test accuracy" in result.stdout and str(out) in result.stdout
     rows = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert set(rows[0]) == {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds"}
+    assert set(rows[0]) == {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr",
+                            "seconds"}
     with open(out / "history.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
     assert [float(r["test_accuracy"]) for r in csv_rows] == [r["test_accuracy"] for r in rows]
@@ -66,6 +67,26 @@ def test_train_prints_epochs_and_saves_everything(trained_run):
     assert net.metadata["final"] == rows[-1]
     # The data is easy: two epochs learn it well.
     assert rows[-1]["test_accuracy"] > 0.9
+    # The recipe's schedule (cosine) has brought the learning rate down by the last epoch.
+    assert rows[-1]["lr"] < rows[0]["lr"] <= 0.1
+
+
+def test_train_takes_the_recipe_flags_and_the_students_preset(small_data, tmp_path):
+    result = run("train", "--preset", "student", "--epochs", 2, "--data", small_data, "--out", tmp_path / "s",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    student = mlpcore.load(tmp_path / "s" / "model.npz").metadata["settings"]
+    assert (student["optimizer"], student["batch_size"], student["init"]) == (
+        "SGD(lr=0.001, momentum=0.0, nesterov=False, weight_decay=0.0)", 600, "normal")
+    result = run("train", "--optimizer", "adamw", "--weight-decay", 0.05, "--schedule", "cosine", "--warmup",
+                 0.2, "--val-split", 0.2, "--patience", 1, "--epochs", 4, "--batch-size", 100, "--data",
+                 small_data, "--out", tmp_path / "a", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "val loss" in result.stdout and "early stopping:" in result.stdout
+    settings = mlpcore.load(tmp_path / "a" / "model.npz").metadata["settings"]
+    assert settings["optimizer"].startswith("AdamW(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.05")
+    assert settings["schedule"] == "Cosine(warmup=0.2, final=0.0)" and settings["val_split"] == 0.2
+    assert "960 images" in result.stdout  # 1,200 less the fifth held out
 
 
 def test_train_draws_curves(trained_run):
@@ -120,6 +141,13 @@ def test_info(tmp_path):
     (["train", "--epochs", "0"], "--epochs: expected a positive integer, got 0"),
     (["train", "--lr", "fast"], "--lr: expected a positive number, got 'fast'"),
     (["train", "--lr", "-1"], "--lr: expected a finite number > 0"),
+    (["train", "--optimizer", "adagrad"], "--optimizer: invalid choice: 'adagrad'"),
+    (["train", "--momentum", "-0.5"], "--momentum: expected a number >= 0, got -0.5"),
+    (["train", "--warmup", "1"], "--warmup: expected a fraction in [0, 1), got 1"),
+    (["train", "--val-split", "x"], "--val-split: expected a fraction in [0, 1), got 'x'"),
+    (["train", "--optimizer", "nesterov", "--momentum", "0"], "nesterov=True needs a momentum > 0"),
+    (["train", "--patience", "0"], "--patience: expected a positive integer, got 0"),
+    (["train", "--preset", "teacher"], "--preset: invalid choice: 'teacher'"),
     (["train", "--dtype", "float16"], "invalid choice: 'float16'"),
     (["train", "--hidden", "300", "0"], "--hidden: expected a positive integer, got 0"),
     (["train", "--data", "/nonexistent/folder"], "/nonexistent/folder"),
