@@ -58,8 +58,9 @@ def one_batch_of_all_rows(net, X, labels, targets, grads, rule):
             _ROWS_IN_ORDER, n, 0, 1, rule, work, _NO_LABEL_WORK, workers)
 
 
-def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, schedule, shuffle, seed,
-                 threads, validation, early_stopping, on_epoch_end, on_progress):
+def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, schedule, dropout,
+                 label_smoothing, sample_weight, shuffle, seed, threads, validation, early_stopping,
+                 on_epoch_end, on_progress):
     """Network.fit's loop (see its docstring), on arguments it has checked; `validation` is
     (X_val, val_labels, val_targets) or None."""
     n = X.shape[0]
@@ -73,6 +74,19 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
                     dtype=net.dtype)
     label_work = np.empty(batch_size, dtype=np.intp)
     label_args = net._target_args(labels, targets)
+    # What the plain loss gets besides, if anything (train_batches's keyword arguments).
+    extra = {}
+    if label_smoothing > 0:
+        extra["label_smoothing"] = label_smoothing
+    if dropout > 0:
+        extra["dropout"] = dropout
+    if sample_weight is not None:
+        extra.update(sample_weight=sample_weight, weight_work=np.empty(batch_size, dtype=net.dtype))
+    # The loss of an epoch is the weighted mean over its rows.
+    total_weight = float(sample_weight.sum(dtype=np.float64)) if sample_weight is not None else n
+    # Dropout's masks: a key per epoch from the seed (its own stream, apart from the shuffling's).
+    dropout_keys = np.random.default_rng([0x6D6C70, seed if seed is not None else
+                                          np.random.SeedSequence().entropy])
     optimizer._bind(net._params.size, net.dtype)
     rule = optimizer._update_rule(lr)
     # What a rollback restores: the weights and the optimizer's state at the end of the last finished epoch.
@@ -88,13 +102,15 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
                 order = rng.permutation(n).astype(np.intp, copy=False) if shuffle else _ROWS_IN_ORDER
                 factors = schedule.factors(epoch, epochs, n_batches)
                 rule.lr_factors, rule.step = factors, optimizer.step
+                if dropout > 0:
+                    extra["dropout_key"] = int(dropout_keys.integers(0, 2**63, dtype=np.uint64))
                 total, correct, batch = 0.0, 0, 0
                 while batch < n_batches:
                     stop = min(n_batches, batch + per_call)
                     call_started = time.perf_counter()
                     loss_sum, done, right = _compiled.train_batches(
                         net._params, grads, net._sizes, X, *label_args, order, batch_size,
-                        batch, stop, rule, work, label_work, workers)
+                        batch, stop, rule, work, label_work, workers, **extra)
                     total += loss_sum
                     correct += right
                     batch += done
@@ -118,7 +134,7 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
                     history.val_accuracy.append(
                         net._accuracy(X_val, val_labels, val_targets, threads, team=True))
                 history.epoch.append(epoch)
-                history.loss.append(total / n)
+                history.loss.append(total / total_weight)
                 history.accuracy.append(correct / n)
                 history.lr.append(float(lr * factors[-1]))
                 history.seconds.append(seconds)
@@ -143,10 +159,10 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
     return history
 
 
-def hold_out(X, labels, targets, fraction, seed):
+def hold_out(X, labels, targets, sample_weight, fraction, seed):
     """Split off `fraction` of the rows for validation, the same fraction of every class (the class of a
-    target row: its largest entry), drawn with default_rng(seed): (X, labels, targets) of the rows left
-    for training, and (X_val, val_labels, val_targets)."""
+    target row: its largest entry), drawn with default_rng(seed): (X, labels, targets, sample_weight) of
+    the rows left for training, and (X_val, val_labels, val_targets)."""
     classes = labels if labels is not None else targets.argmax(axis=1)
     rng = np.random.default_rng(seed)
     held = []
@@ -165,7 +181,10 @@ def hold_out(X, labels, targets, fraction, seed):
     def rows_of(index):
         return (X[index], None if labels is None else labels[index], None if targets is None else targets[index])
 
-    return (*rows_of(kept), rows_of(held))
+    weights = None if sample_weight is None else sample_weight[kept]
+    if weights is not None and not weights.any():
+        raise ValueError(f"validation_split={fraction:g} leaves only rows of weight 0 for training")
+    return (*rows_of(kept), weights, rows_of(held))
 
 
 def _next_call_size(per_call, done, seconds):

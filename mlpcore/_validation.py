@@ -211,6 +211,24 @@ def check_targets(y, n_samples, n_classes, dtype):
     return None, targets
 
 
+def check_sample_weight(sample_weight, n_samples, dtype):
+    """None, or per-row weights as a C-contiguous array of `dtype`: finite, >= 0, not all 0."""
+    if sample_weight is None:
+        return None
+    arr = _as_real_array(sample_weight, "sample_weight")
+    if arr.ndim != 1 or arr.shape[0] != n_samples:
+        raise ValueError(f"sample_weight must have shape ({n_samples},), one weight per row of X, got "
+                         f"shape {arr.shape}")
+    with np.errstate(over="ignore"):
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+    _check_finite(arr, "sample_weight")
+    if (arr < 0).any():
+        raise ValueError(f"sample_weight must be >= 0, got {arr[arr < 0][0]:g}")
+    if not arr.any():
+        raise ValueError("sample_weight is 0 for every row: there is nothing to train on")
+    return arr
+
+
 def check_weights(weights, layer_sizes, dtype):
     """A list of arrays of `dtype` with the bias-augmented shapes of `layer_sizes`."""
     if isinstance(weights, np.ndarray) or not hasattr(weights, "__len__"):

@@ -158,9 +158,9 @@ class Network:
                 "left as they were. Lower lr, or scale the inputs")
         return total / X.shape[0]
 
-    def fit(self, X, y, *, epochs, batch_size=600, optimizer=None, lr=None, schedule=None,
-            validation_data=None, validation_split=0.0, early_stopping=None, shuffle=True, seed=None,
-            threads=None, on_epoch_end=None, on_progress=None):
+    def fit(self, X, y, *, epochs, batch_size=600, optimizer=None, lr=None, schedule=None, dropout=0.0,
+            label_smoothing=0.0, sample_weight=None, validation_data=None, validation_split=0.0,
+            early_stopping=None, shuffle=True, seed=None, threads=None, on_epoch_end=None, on_progress=None):
         """Train on minibatches with an optimizer (plain SGD unless told otherwise).
 
         Parameters
@@ -179,6 +179,15 @@ class Network:
             The learning rate of this fit, in place of the optimizer's own.
         schedule : None, an mlpcore.schedules.Schedule, or a callable progress -> factor
             Scales the learning rate batch by batch (see mlpcore.schedules); None keeps it constant.
+        dropout : float in [0, 1)
+            Inverted dropout on every hidden layer's output while training (none at inference): each unit
+            is zeroed with this probability (to a multiple of 2**-24), the others scaled by 1 / (1 - p).
+            The masks follow from (seed, epoch, batch, layer, row, unit), whatever the thread count.
+        label_smoothing : float in [0, 1]
+            Train on (1 - eps) * T + eps / K instead of the targets T (PyTorch's definition).
+        sample_weight : array of shape (n_samples,) or None
+            Non-negative weights per row: a batch's loss is the weighted mean of its rows', and the gradient
+            follows; ``History.loss`` is the weighted mean over the epoch.
         validation_data : (X_val, y_val) or None
             Evaluated after each epoch into ``History.val_loss`` and ``History.val_accuracy``.
         validation_split : float in [0, 1)
@@ -216,6 +225,9 @@ class Network:
         labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype)
         epochs = check.check_positive_int(epochs, "epochs")
         batch_size = check.check_positive_int(batch_size, "batch_size")
+        sample_weight = check.check_sample_weight(sample_weight, X.shape[0], self.dtype)
+        dropout = check.check_real(dropout, "dropout", low=0, high=1, high_open=True)
+        label_smoothing = check.check_real(label_smoothing, "label_smoothing", low=0, high=1)
         optimizer, lr = optimizers.get(optimizer, lr)
         schedule = schedules.get(schedule)
         validation_split = check.check_real(validation_split, "validation_split", low=0, high=1,
@@ -224,14 +236,16 @@ class Network:
         if validation_data is not None:
             validation = self._check_data(*check.check_validation_pair(validation_data))
         elif validation_split > 0:
-            X, labels, targets, validation = _training.hold_out(X, labels, targets, validation_split, seed)
+            X, labels, targets, sample_weight, validation = _training.hold_out(
+                X, labels, targets, sample_weight, validation_split, seed)
         early_stopping = check_early_stopping(early_stopping, validation is not None)
         check.check_callback(on_epoch_end, "on_epoch_end")
         check.check_callback(on_progress, "on_progress")
         check.warn_if_unscaled(largest)
         return _training.train_epochs(
             self, X, labels, targets, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-            schedule=schedule, shuffle=shuffle, seed=seed, threads=threads, validation=validation,
+            schedule=schedule, dropout=dropout, label_smoothing=label_smoothing, sample_weight=sample_weight,
+            shuffle=shuffle, seed=seed, threads=threads, validation=validation,
             early_stopping=early_stopping, on_epoch_end=on_epoch_end, on_progress=on_progress)
 
     # ---------------------------------------------------------------------------------------------

@@ -84,11 +84,12 @@ def weight_gradient(a_with_ones, delta):
 # -------------------------------------------------------------------------------------------------
 # The whole network
 
-def forward_all(weights, X):
+def forward_all(weights, X, keep_masks=None, dropout=0.0):
     """Forward pass keeping what backward needs.
 
     Returns (inputs, pre_activations): inputs[i] is the ones-augmented input of layer i; pre_activations[i]
-    is its output before the activation (the last one: the logits).
+    is its output before the activation (the last one: the logits). With keep_masks, each hidden output
+    is multiplied by its mask / (1 - dropout) (inverted dropout).
     """
     a = X.astype(weights[0].dtype)
     inputs, pre_activations = [], []
@@ -97,6 +98,8 @@ def forward_all(weights, X):
         inputs.append(add_ones_column(a))
         pre_activations.append(z)
         a = relu(z) if i < len(weights) - 1 else z
+        if keep_masks is not None and i < len(weights) - 1:
+            a = a * keep_masks[i] / (1 - dropout)
     return inputs, pre_activations
 
 
@@ -117,18 +120,34 @@ def loss(weights, X, y):
     return cross_entropy(logits, targets_matrix(y, logits.shape[1], logits.dtype))
 
 
-def loss_and_gradients(weights, X, y):
-    """Mean cross-entropy and its gradient with respect to every weight matrix."""
-    inputs, pre_activations = forward_all(weights, X)
-    logits = pre_activations[-1]
-    T = targets_matrix(y, logits.shape[1], logits.dtype)
+def loss_and_gradients(weights, X, y, *, label_smoothing=0.0, sample_weight=None, keep_masks=None,
+                       dropout=0.0):
+    """Mean cross-entropy and its gradient with respect to every weight matrix.
 
-    value, delta = head(logits, T)
+    label_smoothing eps trains on (1 - eps) T + eps / K; sample_weight makes the loss the weighted mean
+    of the rows'; keep_masks (one 0/1 array per hidden layer, see dropout_mask) apply inverted dropout of
+    probability `dropout` to the hidden outputs.
+    """
+    inputs, pre_activations = forward_all(weights, X, keep_masks, dropout)
+    logits = pre_activations[-1]
+    K = logits.shape[1]
+    T = targets_matrix(y, K, logits.dtype)
+    if label_smoothing:
+        T = (1 - label_smoothing) * T + label_smoothing / K
+    if sample_weight is None:
+        value, delta = head(logits, T)
+    else:
+        # The weighted mean: row i's loss and error count w_i / sum(w) times instead of 1 / n.
+        w = np.asarray(sample_weight, dtype=logits.dtype)[:, None]
+        value = float(-(w * T * log_softmax(logits)).sum() / w.sum())
+        delta = w * (softmax(logits) - T) / w.sum()
     grads = [None] * len(weights)
     for i in range(len(weights) - 1, -1, -1):
         grads[i] = weight_gradient(inputs[i], delta)
         if i > 0:
             delta = error_passed_down(delta, weights[i], pre_activations[i - 1])
+            if keep_masks is not None:
+                delta = delta * keep_masks[i - 1] / (1 - dropout)
     return value, grads
 
 
@@ -189,3 +208,34 @@ def cosine_factor(progress, warmup=0.0, final=0.0):
         return progress / warmup
     q = (progress - warmup) / (1 - warmup)
     return final + (1 - final) * 0.5 * (1 + np.cos(np.pi * q))
+
+
+# -------------------------------------------------------------------------------------------------
+# Dropout's masks: a counter-based generator, so that a mask does not depend on which worker draws it.
+
+
+def splitmix64(z):
+    """SplitMix64's finaliser on uint64 values (arrays wrap around as C's unsigned integers do)."""
+    z = np.asarray(z, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def dropout_keys(seed, epochs):
+    """The key of each epoch of a fit with this seed: draws of default_rng([0x6D6C70, seed])."""
+    rng = np.random.default_rng([0x6D6C70, seed])
+    return [int(rng.integers(0, 2**63, dtype=np.uint64)) for _ in range(epochs)]
+
+
+def dropout_mask(key, batch, layer, rows, width, dropout):
+    """The keep mask (1 kept, 0 dropped) of hidden layer `layer` (0 for the first) in batch `batch` of an
+    epoch with this key: unit j of row i is dropped when the top 24 bits of
+    splitmix64(splitmix64(splitmix64(key ^ batch) ^ layer) ^ (i * width + j)) are below
+    round(dropout * 2**24)."""
+    layer_key = splitmix64(splitmix64(np.uint64(key) ^ np.uint64(batch)) ^ np.uint64(layer))
+    units = np.arange(rows * width, dtype=np.uint64).reshape(rows, width)
+    threshold = np.uint64(int(dropout * 2**24 + 0.5))
+    return ((splitmix64(layer_key ^ units) >> np.uint64(40)) >= threshold).astype(np.float64)

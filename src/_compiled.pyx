@@ -31,7 +31,7 @@ from _team cimport MAX_TEAM, LOSS_STRIDE, share_start
 from _workspace cimport (Workspace, workspace_size as _workspace_size, carve_workspace, release_workspace,
                          n_weights)
 from _update_rules cimport Rule, RuleKind, RULE_GRADIENTS_ONLY, RULE_SGD, RULE_SGD_MOMENTUM, RULE_ADAM
-from _training cimport TeamResult, train_member
+from _training cimport TeamResult, Regularisation, train_member
 from _inference cimport evaluate_member
 
 #: Whether this build runs training on several threads (it was compiled with OpenMP).
@@ -346,7 +346,9 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
                   const floating[:, ::1] X, const Py_ssize_t[::1] labels,
                   const floating[:, ::1] targets, const Py_ssize_t[::1] order,
                   Py_ssize_t batch_size, Py_ssize_t first_batch, Py_ssize_t stop_batch,
-                  UpdateRule rule, floating[::1] work, Py_ssize_t[::1] label_work, int workers=1):
+                  UpdateRule rule, floating[::1] work, Py_ssize_t[::1] label_work, int workers=1, *,
+                  const floating[::1] sample_weight=None, floating[::1] weight_work=None,
+                  double label_smoothing=0.0, double dropout=0.0, uint64_t dropout_key=0):
     """Train batches first_batch..stop_batch-1 of one pass over X, in place, the GIL released.
 
     Batch b holds the rows order[b * batch_size : (b + 1) * batch_size] (the last one may be shorter);
@@ -355,6 +357,12 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     an UpdateRule(SGD, lr) steps the weights, UpdateRule(GRADIENTS_ONLY) leaves them and writes the
     gradients into `grads`. When rows are gathered (`order` not empty) and the targets are labels,
     `label_work` holds at least batch_size labels.
+
+    `sample_weight` (one per row of X, >= 0) weighs each row's loss and gradient: a batch's loss is the
+    weighted mean; with rows gathered, `weight_work` holds at least batch_size weights. `label_smoothing`
+    eps trains on (1 - eps) T + eps / K. `dropout` p drops each hidden unit's output with probability p
+    (rounded to a multiple of 2**-24) and scales the others by 1 / (1 - p), the mask a hash of
+    (dropout_key, batch, layer, row, unit).
 
     `workers` > 1 shares every batch out between that many OpenMP threads (at most MAX_WORKERS; fewer if
     OpenMP gives fewer, one if this build has no OpenMP). The caller must make BLAS single-threaded for
@@ -374,6 +382,7 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     cdef double* losses
     cdef TeamResult result
     cdef Workspace space
+    cdef Regularisation extra
     _check_data(sizes, params.shape[0], n, X.shape[1], labels.shape[0], targets.shape[0], targets.shape[1])
     if grads.shape[0] != params.shape[0]:
         raise ValueError(f"grads has {grads.shape[0]} entries, params {params.shape[0]}")
@@ -388,19 +397,30 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     if gather and use_labels and label_work.shape[0] < min(batch_size, n):
         raise ValueError(f"label_work holds {label_work.shape[0]} labels, fewer than a batch's "
                          f"{min(batch_size, n)}")
+    if sample_weight is not None and sample_weight.shape[0] != n:
+        raise ValueError(f"sample_weight has {sample_weight.shape[0]} entries for {n} rows of X")
+    if sample_weight is not None and gather and (weight_work is None or weight_work.shape[0] < min(batch_size, n)):
+        raise ValueError(f"weight_work must hold at least {min(batch_size, n)} weights")
+    if not 0 <= label_smoothing <= 1:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    extra.sample_weight = &sample_weight[0] if sample_weight is not None else NULL
+    extra.weight_work = &weight_work[0] if weight_work is not None and weight_work.shape[0] > 0 else NULL
+    extra.label_smoothing, extra.dropout, extra.dropout_key = label_smoothing, dropout, dropout_key
     result.total, result.done, result.correct = 0, 0, 0
     losses = _prepare_team(&space, work, sizes, batch_size, gather, workers, True)
     with nogil:
         if workers == 1:
             # No parallel region at all: the calling thread is a team of one, its barriers no-ops.
             train_member(&params[0], &grads[0], &sizes[0], n_layers, X_data, n, label_data, target_data,
-                         order_data, batch_size, first_batch, stop_batch, &rule.rule, &space,
+                         order_data, batch_size, first_batch, stop_batch, &rule.rule, &extra, &space,
                          &label_work[0] if label_work.shape[0] > 0 else NULL, losses, &result, 0, 1)
         else:
             with parallel(num_threads=workers):
                 train_member(&params[0], &grads[0], &sizes[0], n_layers, X_data, n, label_data,
                              target_data, order_data, batch_size, first_batch, stop_batch, &rule.rule,
-                             &space, &label_work[0] if label_work.shape[0] > 0 else NULL, losses, &result,
+                             &extra, &space, &label_work[0] if label_work.shape[0] > 0 else NULL, losses, &result,
                              mlpcore_member(), mlpcore_team_size())
     _release_team(&space, losses)
     return result.total, result.done, result.correct

@@ -52,18 +52,22 @@ cdef inline floating exp_shifted(floating* row, Py_ssize_t n, floating shift) no
 cdef inline double softmax_cross_entropy(floating* z, Py_ssize_t m, Py_ssize_t n_classes,
                                          const Py_ssize_t* labels, const floating* targets,
                                          floating grad_scale, floating* column_sums,
-                                         Py_ssize_t* n_correct) noexcept nogil:
+                                         Py_ssize_t* n_correct, floating smoothing,
+                                         const floating* row_weights) noexcept nogil:
     """One pass per row over the logits z (m x K): returns the summed cross-entropy of the rows and
     overwrites z with grad_scale * (P - T), the gradient at the logits (P = softmax(z)), whose column
     sums go to column_sums unless it is NULL. Unless n_correct is NULL, it gets the number of rows whose
     largest logit is at the target's class (the largest target of a distribution).
 
-    The targets are integer labels when `labels` is not NULL, else the rows of `targets` (m x K).
+    The targets are integer labels when `labels` is not NULL, else the rows of `targets` (m x K); with
+    label smoothing eps, T becomes (1 - eps) T + eps / K (PyTorch's definition). With row_weights, row i's
+    loss counts w_i times and its gradient is scaled by w_i.
     Loss of a row: sum_j t_j * (logsumexp(z) - z_j), computed as (sum t) * log(s) - sum_j t_j (z_j - max)
     with s = sum_j exp(z_j - max): subtracting the row max keeps every exp <= 1.
     """
     cdef double total = 0
-    cdef floating zmax, s, inv_s, weighted_shift, target_sum
+    cdef floating zmax, s, inv_s, weighted_shift, target_sum, shift_sum, scale, t_j
+    cdef floating uniform = smoothing / n_classes, keep = 1 - smoothing
     cdef floating* row
     cdef const floating* t = NULL
     cdef Py_ssize_t i, j, y = 0
@@ -80,24 +84,41 @@ cdef inline double softmax_cross_entropy(floating* z, Py_ssize_t m, Py_ssize_t n
         if labels != NULL:
             y = labels[i]
             weighted_shift = row[y] - zmax
+            if smoothing != 0:
+                shift_sum = 0
+                for j in range(n_classes):
+                    shift_sum += row[j] - zmax
+                weighted_shift = keep * weighted_shift + uniform * shift_sum
             target_sum = 1
         else:
             t = targets + i * n_classes
             weighted_shift = 0
             target_sum = 0
             for j in range(n_classes):
-                weighted_shift += t[j] * (row[j] - zmax)
-                target_sum += t[j]
+                t_j = t[j] if smoothing == 0 else keep * t[j] + uniform
+                weighted_shift += t_j * (row[j] - zmax)
+                target_sum += t_j
         s = exp_shifted(row, n_classes, zmax)
-        total += target_sum * log_of(s) - weighted_shift
+        if row_weights == NULL:
+            total += target_sum * log_of(s) - weighted_shift
+            scale = grad_scale
+        else:
+            total += row_weights[i] * (target_sum * log_of(s) - weighted_shift)
+            scale = grad_scale * row_weights[i]
         inv_s = 1 / s
         if labels != NULL:
-            for j in range(n_classes):
-                row[j] = row[j] * inv_s * grad_scale
-            row[y] -= grad_scale
+            if smoothing == 0:
+                for j in range(n_classes):
+                    row[j] = row[j] * inv_s * scale
+                row[y] -= scale
+            else:
+                for j in range(n_classes):
+                    row[j] = (row[j] * inv_s - uniform) * scale
+                row[y] -= keep * scale
         else:
             for j in range(n_classes):
-                row[j] = (row[j] * inv_s - t[j]) * grad_scale
+                t_j = t[j] if smoothing == 0 else keep * t[j] + uniform
+                row[j] = (row[j] * inv_s - t_j) * scale
         if column_sums != NULL:
             for j in range(n_classes):
                 column_sums[j] += row[j]

@@ -37,7 +37,7 @@ cdef inline void evaluate_member(const floating* params, const Py_ssize_t* sizes
             total += softmax_cross_entropy(logits, rows, n_classes,
                                            labels + first if labels != NULL else NULL,
                                            targets + first * n_classes if labels == NULL else NULL,
-                                           <floating>0, NULL, NULL)
+                                           <floating>0, NULL, NULL, <floating>0, NULL)
         # The next chunk's shares need not fall on the same rows of the workspace (the last chunk is
         # shorter): no one starts it before everyone has finished this one.
         barrier(team)

@@ -8,7 +8,10 @@ from cython cimport floating
 
 from _layers cimport (dense_forward as _dense_forward, partial_product as _partial_product,
                       add_partial_products as _add_partial_products, pass_error_down as _pass_error_down,
-                      weight_gradient as _weight_gradient, bias_gradient as _bias_gradient)
+                      weight_gradient as _weight_gradient, bias_gradient as _bias_gradient,
+                      dropout as _dropout, splitmix64 as _splitmix64)
+from _training cimport dropout_threshold
+from libc.stdint cimport uint64_t
 from _head cimport softmax_cross_entropy as _softmax_cross_entropy, softmax_rows as _softmax_rows
 from _team cimport share_start as _share_start, block_start as _block_start
 from _update_rules cimport Rule, RuleKind, WeightBlock, write_weight_block as _write_weight_block
@@ -23,6 +26,20 @@ def _require(bint condition, str message):
 
 def _check_range(Py_ssize_t first, Py_ssize_t stop, Py_ssize_t size, str what):
     _require(0 <= first <= stop <= size, f"{what} {first}..{stop} is not within 0..{size}")
+
+
+def dropout(floating[:, ::1] out, Py_ssize_t first_row, Py_ssize_t stop_row, Py_ssize_t first_col,
+            Py_ssize_t stop_col, uint64_t key, double p):
+    """Inverted dropout, probability p, on a block of out with the given key (see _layers.dropout)."""
+    _check_range(first_row, stop_row, out.shape[0], "rows")
+    _check_range(first_col, stop_col, out.shape[1], "columns")
+    _require(0 <= p < 1, "p")
+    _dropout(&out[0, 0], out.shape[1], first_row, stop_row, first_col, stop_col, key, dropout_threshold(p),
+             <floating>(1.0 / (1.0 - p)))
+
+
+def splitmix64(uint64_t z):
+    return _splitmix64(z)
 
 
 def share_start(Py_ssize_t count, int member, int team):
@@ -73,14 +90,15 @@ def add_partial_products(floating[:, :, ::1] partials, Py_ssize_t first_row, Py_
 
 def pass_error_down(const floating[:, ::1] dz, const floating[:, ::1] w, const floating[:, ::1] x,
                     floating[:, ::1] dx, floating[::1] dx_column_sums, Py_ssize_t first_col,
-                    Py_ssize_t stop_col):
-    """Columns first_col..stop_col-1 of dx = (dz . w[:-1]^T) * (x > 0), and their column sums."""
+                    Py_ssize_t stop_col, double keep_scale=1.0):
+    """Columns first_col..stop_col-1 of dx = (dz . w[:-1]^T) * (x > 0) * keep_scale, and their column
+    sums."""
     _require(w.shape[1] == dz.shape[1] and w.shape[0] == x.shape[1] + 1 and x.shape[0] == dz.shape[0]
              and dx.shape[0] == x.shape[0] and dx.shape[1] == x.shape[1]
              and dx_column_sums.shape[0] == x.shape[1], "shapes")
     _check_range(first_col, stop_col, x.shape[1], "columns")
     _pass_error_down(&dz[0, 0], dz.shape[0], dz.shape[1], &w[0, 0], x.shape[1], &x[0, 0], &dx[0, 0],
-                     &dx_column_sums[0], first_col, stop_col)
+                     &dx_column_sums[0], first_col, stop_col, <floating>keep_scale)
 
 
 def weight_gradient(const floating[:, ::1] x, const floating[:, ::1] dz, Py_ssize_t first_row,
@@ -110,7 +128,8 @@ def bias_gradient(floating[:, ::1] column_sums, Py_ssize_t first, Py_ssize_t sto
 
 
 def softmax_cross_entropy(floating[:, ::1] z, const Py_ssize_t[::1] labels, const floating[:, ::1] targets,
-                          double grad_scale, floating[::1] column_sums):
+                          double grad_scale, floating[::1] column_sums, double smoothing=0.0,
+                          const floating[::1] row_weights=None):
     """The summed loss of the rows of the logits z; z becomes grad_scale * (P - T), its column sums go to
     column_sums (if not empty). Targets are `labels` if not empty, else the rows of `targets`."""
     cdef Py_ssize_t j, K = z.shape[1]
@@ -122,9 +141,11 @@ def softmax_cross_entropy(floating[:, ::1] z, const Py_ssize_t[::1] labels, cons
     else:
         _require(targets.shape[0] == z.shape[0] and targets.shape[1] == K, "shapes")
     _require(column_sums.shape[0] in (0, K), "shapes")
+    _require(row_weights is None or row_weights.shape[0] == z.shape[0], "shapes")
     return _softmax_cross_entropy(&z[0, 0], z.shape[0], K, &labels[0] if labels.shape[0] > 0 else NULL,
                                   &targets[0, 0] if labels.shape[0] == 0 else NULL, <floating>grad_scale,
-                                  &column_sums[0] if column_sums.shape[0] > 0 else NULL, NULL)
+                                  &column_sums[0] if column_sums.shape[0] > 0 else NULL, NULL,
+                                  <floating>smoothing, &row_weights[0] if row_weights is not None else NULL)
 
 
 def softmax_rows(floating[:, ::1] z):

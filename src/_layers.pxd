@@ -7,6 +7,7 @@
 # contiguous prefix: no column of ones is ever built.
 
 from cython cimport floating
+from libc.stdint cimport uint64_t
 from libc.string cimport memset
 
 from _blas cimport gemm_ld, NO_TRANS, TRANS
@@ -77,15 +78,16 @@ cdef inline void add_partial_products(floating** partials, int n_parts, Py_ssize
 
 cdef inline void pass_error_down(const floating* dz, Py_ssize_t m, Py_ssize_t n, const floating* w,
                                  Py_ssize_t k, const floating* x, floating* dx, floating* dx_column_sums,
-                                 Py_ssize_t first_col, Py_ssize_t stop_col) noexcept nogil:
+                                 Py_ssize_t first_col, Py_ssize_t stop_col, floating keep_scale) noexcept nogil:
     """The error at the layer below, from dz (m x n), the error at this layer's pre-activation: columns
-    first_col..stop_col-1 of dx = (dz . w[:k]^T) * (x > 0), and their column sums (the gradient of the
-    bias below) into dx_column_sums, which is zero elsewhere.
+    first_col..stop_col-1 of dx = (dz . w[:k]^T) * (x > 0) * keep_scale, and their column sums (the
+    gradient of the bias below) into dx_column_sums, which is zero elsewhere.
 
     x is this layer's input, the layer below's ReLU output: x > 0 is exactly the ReLU derivative at the
-    pre-activation below (0 at z <= 0). The bias row of w passes no error down: it has no input. Any block
-    of rows (offset dz, x and dx) or of columns can be done on its own; a block of columns reads only
-    those rows of w.
+    pre-activation below (0 at z <= 0). With dropout on that output, a dropped unit's x is 0 too, and a
+    kept one was scaled by keep_scale = 1 / (1 - p), which its error is scaled by (1 without dropout).
+    The bias row of w passes no error down: it has no input. Any block of rows (offset dz, x and dx) or of
+    columns can be done on its own; a block of columns reads only those rows of w.
     """
     cdef const floating* x_row
     cdef floating* dx_row
@@ -100,7 +102,7 @@ cdef inline void pass_error_down(const floating* dz, Py_ssize_t m, Py_ssize_t n,
         dx_row = dx + i * k
         # Branch-free, so that the compiler vectorises it.
         for j in range(first_col, stop_col):
-            v = dx_row[j] if x_row[j] > 0 else 0
+            v = dx_row[j] * keep_scale if x_row[j] > 0 else 0
             dx_row[j] = v
             dx_column_sums[j] += v
 
@@ -148,3 +150,29 @@ cdef inline void network_forward(const floating* params, const Py_ssize_t* sizes
                       layer_out + first_row * sizes[l + 1], l < n_layers - 1, 0, sizes[l + 1])
         layer_in = layer_out
         w += (sizes[l] + 1) * sizes[l + 1]
+
+
+cdef inline uint64_t splitmix64(uint64_t z) noexcept nogil:
+    """A 64-bit mix (Steele, Lea and Flood's SplitMix64 finaliser): a counter-based random generator."""
+    z = z + <uint64_t>0x9E3779B97F4A7C15ull
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9ull
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EBull
+    return z ^ (z >> 31)
+
+
+cdef inline void dropout(floating* out, Py_ssize_t n, Py_ssize_t first_row, Py_ssize_t stop_row,
+                         Py_ssize_t first_col, Py_ssize_t stop_col, uint64_t key, uint64_t threshold,
+                         floating keep_scale) noexcept nogil:
+    """Inverted dropout on the given block of a layer's output out (rows of n): unit j of row i is dropped
+    (set to 0) when splitmix64(key ^ (i * n + j)) >> 40 < threshold (p = threshold / 2**24), kept and
+    scaled by keep_scale = 1 / (1 - p) otherwise. The mask depends on the key (seed, epoch, batch, layer)
+    and the unit's place only, never on which worker draws it."""
+    cdef Py_ssize_t i, j
+    cdef floating* row
+    for i in range(first_row, stop_row):
+        row = out + i * n
+        for j in range(first_col, stop_col):
+            if (splitmix64(key ^ <uint64_t>(i * n + j)) >> 40) < threshold:
+                row[j] = 0
+            else:
+                row[j] = row[j] * keep_scale

@@ -25,11 +25,12 @@
 
 from cython cimport floating
 from libc.math cimport isfinite
+from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
 from _team cimport barrier, share_start, block_start, split_by_rows, LOSS_STRIDE
 from _workspace cimport Workspace, of_layer, layer_offset, widest, partial_rows
-from _layers cimport dense_forward, partial_product, add_partial_products, pass_error_down
+from _layers cimport dense_forward, partial_product, add_partial_products, pass_error_down, dropout, splitmix64
 from _head cimport softmax_cross_entropy
 from _update_rules cimport Rule, WeightBlock, write_weight_block
 
@@ -38,6 +39,20 @@ cdef struct TeamResult:
     double total        # summed loss of the batches trained
     Py_ssize_t done     # batches trained
     Py_ssize_t correct  # rows of those batches whose largest logit was at the target's class
+
+
+cdef struct Regularisation:
+    # What a fit adds to the plain loss: per-row weights, label smoothing, dropout on hidden outputs.
+    const void* sample_weight # NULL, or one weight per row of X (the params' dtype)
+    void* weight_work         # batch_size weights, for the gathered rows' (when rows are gathered)
+    double label_smoothing
+    double dropout            # the probability of dropping a hidden unit (0: none)
+    uint64_t dropout_key      # from the fit's seed and the epoch
+
+
+cdef inline uint64_t dropout_threshold(double p) noexcept nogil:
+    """A unit is dropped when the top 24 bits of its hash are below this: probability threshold / 2**24."""
+    return <uint64_t>(p * 16777216.0 + 0.5)
 
 
 cdef struct Batch:
@@ -53,6 +68,12 @@ cdef struct Batch:
     const Py_ssize_t* order   # NULL: X's rows in place
     const Py_ssize_t* labels  # NULL: the targets are rows of a target array
     Py_ssize_t* label_work
+    const void* sample_weight # NULL: every row weighs 1; else one weight per row of X (the params' dtype)
+    void* weight_work         # the batch's gathered weights (when rows are gathered)
+    double label_smoothing
+    uint64_t dropout_key      # the pass's dropout key (0 threshold: no dropout)
+    uint64_t dropout_threshold
+    double keep_scale         # 1 / (1 - dropout)
     double* losses
     int me
     int team
@@ -92,7 +113,9 @@ cdef inline void forward_layer(const Batch* batch, Py_ssize_t l, const floating*
     cdef bint hidden = l < batch.n_layers - 1
     cdef int me = batch.me, team = batch.team
     cdef floating** partials
+    cdef Py_ssize_t first_row = 0, stop_row = batch.m, first_col = 0, stop_col = n
     if batch.by_rows:
+        first_row, stop_row = batch.first_row, batch.stop_row
         dense_forward(layer_in + batch.first_row * k, batch.stop_row - batch.first_row, k, w, n,
                       out + batch.first_row * n, hidden, 0, n)
     elif l == 0:
@@ -113,6 +136,13 @@ cdef inline void forward_layer(const Batch* batch, Py_ssize_t l, const floating*
         else:
             add_partial_products(partials, team, n, batch.first_row, batch.stop_row, 0, n, w + k * n, out,
                                  False)
+    if not batch.by_rows:
+        first_col, stop_col = block_start(n, me, team), block_start(n, me + 1, team)
+    if hidden and batch.dropout_threshold > 0:
+        # This worker's block of the output just computed, with the key of (pass, batch, layer).
+        dropout(out, n, first_row, stop_row, first_col, stop_col,
+                splitmix64(splitmix64(batch.dropout_key ^ <uint64_t>batch.index) ^ <uint64_t>l),
+                batch.dropout_threshold, <floating>batch.keep_scale)
 
 
 cdef inline void pass_error_down_share(const Batch* batch, Py_ssize_t l, const floating* params,
@@ -128,7 +158,8 @@ cdef inline void pass_error_down_share(const Batch* batch, Py_ssize_t l, const f
     pass_error_down(<floating*>space.deltas[l + 1] + first_row * n, stop_row - first_row, n,
                     params + layer_offset(batch.sizes, l), k, layer_in + first_row * k,
                     <floating*>space.deltas[l] + first_row * k,
-                    (<floating**>of_layer(space, space.column_sums, l))[batch.me], first_col, stop_col)
+                    (<floating**>of_layer(space, space.column_sums, l))[batch.me], first_col, stop_col,
+                    <floating>batch.keep_scale)
 
 
 cdef inline WeightBlock weight_block(const Batch* batch, Py_ssize_t l, Workspace* space) noexcept nogil:
@@ -168,6 +199,27 @@ cdef inline void gather_targets(const Batch* batch, const floating* targets, Wor
                    n_classes * sizeof(floating))
 
 
+cdef inline const floating* batch_row_weights(const Batch* batch, floating* grad_scale) noexcept nogil:
+    """This worker's rows' weights (gathered if the rows are), or NULL when every row weighs 1, and the
+    scale of the gradient at the logits: 1 / the batch's summed weight (its row count without weights),
+    0 for a batch that weighs nothing. Every worker sums the whole batch's weights, in the same order."""
+    cdef const floating* weights = <const floating*>batch.sample_weight
+    cdef floating* gathered = <floating*>batch.weight_work
+    cdef double total = 0
+    cdef Py_ssize_t i
+    if weights == NULL:
+        grad_scale[0] = <floating>(1.0 / batch.m)
+        return NULL
+    for i in range(batch.m):
+        total += weights[batch.order[batch.start + i] if batch.order != NULL else batch.start + i]
+    grad_scale[0] = <floating>(1.0 / total) if total > 0 else 0
+    if batch.order == NULL:
+        return weights + batch.start
+    for i in range(batch.first_row, batch.stop_row):
+        gathered[i] = weights[batch.order[batch.start + i]]
+    return gathered
+
+
 cdef inline void head(const Batch* batch, const floating* targets, Workspace* space) noexcept nogil:
     """The softmax-cross-entropy head on this worker's rows of the batch's logits: their summed loss and
     how many it classified right into its slot of batch.losses, the logit gradient in their place, its
@@ -175,6 +227,8 @@ cdef inline void head(const Batch* batch, const floating* targets, Workspace* sp
     cdef Py_ssize_t n_classes = batch.sizes[batch.n_layers], first = batch.first_row, correct = 0
     cdef const Py_ssize_t* labels
     cdef const floating* target_rows
+    cdef floating grad_scale
+    cdef const floating* row_weights = batch_row_weights(batch, &grad_scale)
     if batch.order != NULL:
         gather_targets(batch, targets, space)
         labels = batch.label_work if batch.labels != NULL else NULL
@@ -185,8 +239,9 @@ cdef inline void head(const Batch* batch, const floating* targets, Workspace* sp
     batch.losses[batch.me * LOSS_STRIDE] = softmax_cross_entropy(
         <floating*>space.outputs[batch.n_layers] + first * n_classes, batch.stop_row - first, n_classes,
         labels + first if labels != NULL else NULL,
-        target_rows + first * n_classes if labels == NULL else NULL, <floating>(1.0 / batch.m),
-        (<floating**>of_layer(space, space.column_sums, batch.n_layers))[batch.me], &correct)
+        target_rows + first * n_classes if labels == NULL else NULL, grad_scale,
+        (<floating**>of_layer(space, space.column_sums, batch.n_layers))[batch.me], &correct,
+        <floating>batch.label_smoothing, row_weights + first if row_weights != NULL else NULL)
     batch.losses[batch.me * LOSS_STRIDE + 1] = <double>correct
 
 
@@ -239,8 +294,9 @@ cdef inline void train_member(floating* params, floating* grads, const Py_ssize_
                               Py_ssize_t n_layers, const floating* X, Py_ssize_t n,
                               const Py_ssize_t* labels, const floating* targets, const Py_ssize_t* order,
                               Py_ssize_t batch_size, Py_ssize_t first_batch, Py_ssize_t stop_batch,
-                              const Rule* rule, Workspace* space, Py_ssize_t* label_work, double* losses,
-                              TeamResult* result, int me, int team) noexcept nogil:
+                              const Rule* rule, const Regularisation* extra, Workspace* space,
+                              Py_ssize_t* label_work, double* losses, TeamResult* result, int me,
+                              int team) noexcept nogil:
     """Worker `me` of `team`'s part of training batches first_batch..stop_batch-1 (see train_batches)."""
     cdef Batch batch
     cdef Py_ssize_t b, width = widest(sizes, n_layers)
@@ -251,6 +307,10 @@ cdef inline void train_member(floating* params, floating* grads, const Py_ssize_
     batch.sizes, batch.n_layers, batch.order, batch.labels = sizes, n_layers, order, labels
     batch.label_work, batch.losses = label_work, losses
     batch.me, batch.team = me, team
+    batch.sample_weight, batch.weight_work = extra.sample_weight, extra.weight_work
+    batch.label_smoothing, batch.dropout_key = extra.label_smoothing, extra.dropout_key
+    batch.dropout_threshold = dropout_threshold(extra.dropout)
+    batch.keep_scale = 1.0 / (1.0 - extra.dropout)
     for b in range(first_batch, stop_batch):
         batch.index, batch.start = b, b * batch_size
         batch.m = min(batch_size, n - batch.start)

@@ -295,11 +295,11 @@ def test_validation_split_is_stratified_and_seeded():
         net.fit(X, y, epochs=1, validation_split=0.25, seed=5, on_epoch_end=record)
     assert seen[0] == seen[1]  # the same rows held out for the same seed
     from mlpcore._training import hold_out
-    X_train, labels, _, (X_val, val_labels, _) = hold_out(X, y, None, 0.25, 5)
+    X_train, labels, _, _, (X_val, val_labels, _) = hold_out(X, y, None, None, 0.25, 5)
     assert np.bincount(val_labels).tolist() == [10, 5, 5, 5]
     assert len(X_train) == 75 and len(X_val) == 25
     with pytest.raises(ValueError, match="holds out every row of class 3"):
-        hold_out(X[:61], np.r_[np.zeros(60, int), [3]], None, 0.6, 0)
+        hold_out(X[:61], np.r_[np.zeros(60, int), [3]], None, None, 0.6, 0)
 
 
 def test_early_stopping_stops_and_restores_the_best_epoch():

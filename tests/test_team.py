@@ -33,7 +33,7 @@ def test_the_batch_sizes_share_out_both_ways():
 def _spy(monkeypatch, name):
     """Record the team size of each call of _compiled.<name>."""
     teams, real = [], getattr(_compiled, name)
-    monkeypatch.setattr(_compiled, name, lambda *args: teams.append(args[-1]) or real(*args))
+    monkeypatch.setattr(_compiled, name, lambda *args, **kwargs: teams.append(args[-1]) or real(*args, **kwargs))
     return teams
 
 
