@@ -23,13 +23,14 @@ DEFAULT_HIDDEN = (300, 300)
 # The training recipe of `mlpcore train` without flags: the one that took the student's network highest
 # within about 25 s of training on a 2-core machine (README, "Recipes"). Every entry is a flag's default.
 RECIPE = {"optimizer": "nesterov", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
-          "warmup": 0.03, "batch_size": 128, "epochs": 30, "init": "he", "val_split": 0.0, "patience": None}
+          "warmup": 0.03, "batch_size": 128, "epochs": 30, "init": "he", "dropout": 0.0, "label_smoothing": 0.0,
+          "val_split": 0.0, "patience": None}
 # --preset NAME: settings to compare with, which the flags given alongside override.
 PRESETS = {
     # The original post's: plain SGD at lr 0.001 on N(0, 0.01) weights, batches of 600.
     "student": {"optimizer": "sgd", "lr": 0.001, "momentum": 0.0, "weight_decay": 0.0, "schedule": "constant",
-                "warmup": 0.0, "batch_size": 600, "epochs": 20, "init": "normal", "val_split": 0.0,
-                "patience": None},
+                "warmup": 0.0, "batch_size": 600, "epochs": 20, "init": "normal", "dropout": 0.0,
+                "label_smoothing": 0.0, "val_split": 0.0, "patience": None},
 }
 
 
@@ -118,6 +119,11 @@ def _build_parser():
                        help=f"learning-rate schedule, per batch ({recipe}: {RECIPE['schedule']})")
     train.add_argument("--warmup", type=_number_in(0, 1, "a fraction in [0, 1)", high_open=True),
                        help="fraction of training spent warming the cosine schedule up from 0")
+    train.add_argument("--dropout", type=_number_in(0, 1, "a fraction in [0, 1)", high_open=True),
+                       help=f"dropout on the hidden layers' outputs while training ({recipe}: "
+                            f"{RECIPE['dropout']})")
+    train.add_argument("--label-smoothing", type=_number_in(0, 1, "a fraction in [0, 1]"),
+                       help=f"train on (1 - eps) one-hot + eps / 10 ({recipe}: {RECIPE['label_smoothing']})")
     train.add_argument("--val-split", type=_number_in(0, 1, "a fraction in [0, 1)", high_open=True),
                        help="fraction of the training images held out for validation (stratified)")
     train.add_argument("--patience", type=_positive_int,
@@ -243,6 +249,7 @@ def _train(args):
     out.mkdir(parents=True, exist_ok=True)
     settings = {"layer_sizes": sizes, "epochs": epochs, "optimizer": repr(optimizer), "lr": optimizer.lr,
                 "schedule": repr(schedule or schedules.Constant()), "batch_size": batch_size,
+                "dropout": chosen["dropout"], "label_smoothing": chosen["label_smoothing"],
                 "val_split": val_split, "patience": chosen["patience"], "preset": args.preset,
                 "dtype": args.dtype, "init": chosen["init"], "seed": args.seed,
                 "data": str(args.data) if args.data else None, "n_train": len(X_train)}
@@ -273,7 +280,8 @@ def _train(args):
     history = None
     try:
         history = net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
-                          schedule=schedule, seed=args.seed, threads=args.threads,
+                          schedule=schedule, dropout=chosen["dropout"],
+                          label_smoothing=chosen["label_smoothing"], seed=args.seed, threads=args.threads,
                           validation_data=None if val_split > 0 else (X_test, y_test),
                           validation_split=val_split, early_stopping=early_stopping,
                           on_epoch_end=on_epoch_end, on_progress=progress.update)

@@ -79,13 +79,14 @@ def test_train_takes_the_recipe_flags_and_the_students_preset(small_data, tmp_pa
     assert (student["optimizer"], student["batch_size"], student["init"]) == (
         "SGD(lr=0.001, momentum=0.0, nesterov=False, weight_decay=0.0)", 600, "normal")
     result = run("train", "--optimizer", "adamw", "--weight-decay", 0.05, "--schedule", "cosine", "--warmup",
-                 0.2, "--val-split", 0.2, "--patience", 1, "--epochs", 4, "--batch-size", 100, "--data",
+                 0.2, "--dropout", 0.3, "--label-smoothing", 0.1, "--val-split", 0.2, "--patience", 1, "--epochs", 4, "--batch-size", 100, "--data",
                  small_data, "--out", tmp_path / "a", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "val loss" in result.stdout and "early stopping:" in result.stdout
     settings = mlpcore.load(tmp_path / "a" / "model.npz").metadata["settings"]
     assert settings["optimizer"].startswith("AdamW(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.05")
     assert settings["schedule"] == "Cosine(warmup=0.2, final=0.0)" and settings["val_split"] == 0.2
+    assert (settings["dropout"], settings["label_smoothing"]) == (0.3, 0.1)
     assert "960 images" in result.stdout  # 1,200 less the fifth held out
 
 
@@ -147,6 +148,8 @@ def test_info(tmp_path):
     (["train", "--val-split", "x"], "--val-split: expected a fraction in [0, 1), got 'x'"),
     (["train", "--optimizer", "nesterov", "--momentum", "0"], "nesterov=True needs a momentum > 0"),
     (["train", "--patience", "0"], "--patience: expected a positive integer, got 0"),
+    (["train", "--dropout", "1"], "--dropout: expected a fraction in [0, 1), got 1"),
+    (["train", "--label-smoothing", "2"], "--label-smoothing: expected a fraction in [0, 1], got 2"),
     (["train", "--preset", "teacher"], "--preset: invalid choice: 'teacher'"),
     (["train", "--dtype", "float16"], "invalid choice: 'float16'"),
     (["train", "--hidden", "300", "0"], "--hidden: expected a positive integer, got 0"),
