@@ -18,7 +18,7 @@ import scipy.linalg.blas
 import mlpcore
 from mlpcore import reference
 
-from _common import LAYERS, LR, batch_products, batch_rows
+from _common import LAYERS, LR, RECIPE_PARTS, batch_products, batch_rows
 from _worker import Worker
 
 
@@ -30,6 +30,8 @@ def core_worker(data, config):
     for dtype, (X, y) in data["train"].items():
         mlp = MlpcoreTrainer(X, y, threads)
         trainers["mlpcore", dtype] = mlp
+        for part in RECIPE_PARTS:
+            trainers[f"mlpcore-{part}", dtype] = MlpcoreTrainer(X, y, threads, part)
         trainers["floor", dtype] = FloorTrainer(dtype)
         trainers["reference", dtype] = ReferenceTrainer(X, y, mlp.initial, config["reference_batches"])
         X_infer = data["infer"][dtype]
@@ -50,18 +52,28 @@ def _timed(function):
 
 
 class MlpcoreTrainer:
-    """mlpcore's fit, one epoch per call, always from the same initial weights."""
+    """mlpcore's fit, one epoch per call, always from the same initial weights: plain SGD, or one of the
+    recipe's pieces (RECIPE_PARTS: a new optimizer each epoch, its state starting at zero)."""
 
-    def __init__(self, X, y, threads):
+    def __init__(self, X, y, threads, part=None):
         self.X, self.y, self.threads = X, y, threads
         self.net = mlpcore.Network(LAYERS, dtype=X.dtype.name, init="he", seed=0)
         self.initial = [W.copy() for W in self.net.weights]
+        self.part = part
+
+    def _fit_arguments(self):
+        if self.part is None:
+            return {"lr": LR}
+        name, settings, dropout = RECIPE_PARTS[self.part]
+        optimizer = (mlpcore.optimizers.Adam if name == "adam" else mlpcore.optimizers.SGD)(**settings)
+        return {"optimizer": optimizer, "dropout": dropout}
 
     def epoch(self, batch, seed, rows):
         self.net.weights = self.initial
         X, y = self.X[:rows], self.y[:rows]
+        arguments = self._fit_arguments()
         started = time.perf_counter()
-        history = self.net.fit(X, y, epochs=1, batch_size=batch, lr=LR, seed=seed, threads=self.threads)
+        history = self.net.fit(X, y, epochs=1, batch_size=batch, seed=seed, threads=self.threads, **arguments)
         seconds = time.perf_counter() - started
         # What a fit costs besides its epoch: the input checks and the set-up before it, what follows it.
         return {"seconds": seconds, "fit_overhead": seconds - history.seconds[0]}

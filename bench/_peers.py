@@ -7,7 +7,7 @@ Their thread pools are limited by _worker (threadpoolctl); torch's intra-op pool
 import time
 import warnings
 
-from _common import LAYERS, LR
+from _common import LAYERS, LR, RECIPE_PARTS
 from _worker import Worker
 
 
@@ -15,7 +15,11 @@ def torch_worker(data, config):
     import torch
 
     torch.set_num_threads(config["threads"])
-    trainers = {("torch", dtype): TorchTrainer(X, y) for dtype, (X, y) in data["train"].items()}
+    trainers = {}
+    for dtype, (X, y) in data["train"].items():
+        trainers["torch", dtype] = TorchTrainer(X, y)
+        for part in RECIPE_PARTS:
+            trainers[f"torch-{part}", dtype] = TorchTrainer(X, y, part)
     info = {"version": torch.__version__, "torch_threads": torch.get_num_threads(),
             "torch_blas": _torch_blas(torch)}
     return Worker(config["rows"], config["warmup_rows"], trainers), info
@@ -30,26 +34,31 @@ def _torch_blas(torch):
 
 
 class TorchTrainer:
-    """nn.Linear / nn.ReLU layers, nn.CrossEntropyLoss and optim.SGD: the textbook PyTorch loop."""
+    """nn.Linear / nn.ReLU layers, nn.CrossEntropyLoss and optim.SGD: the textbook PyTorch loop; or one of
+    the recipe's pieces (RECIPE_PARTS: optim.SGD with momentum, optim.Adam, nn.Dropout after each hidden
+    ReLU), with a new optimizer each epoch, as mlpcore's."""
 
-    def __init__(self, X, y):
+    def __init__(self, X, y, part=None):
         import torch
         from torch import nn
 
         self.torch = torch
         self.X, self.y = torch.from_numpy(X), torch.from_numpy(y)
         torch.manual_seed(0)
+        name, self.settings, dropout = RECIPE_PARTS[part] if part else ("sgd", {"lr": LR}, 0.0)
+        self.optimizer_class = torch.optim.Adam if name == "adam" else torch.optim.SGD
         layers = []
         for n_in, n_out in zip(LAYERS[:-1], LAYERS[1:]):
-            layers += [nn.Linear(n_in, n_out), nn.ReLU()]
-        self.model = nn.Sequential(*layers[:-1]).to(self.X.dtype)
+            layers += [nn.Linear(n_in, n_out), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+        self.model = nn.Sequential(*layers[:-2 if dropout else -1]).to(self.X.dtype)
         self.initial = {name: value.clone() for name, value in self.model.state_dict().items()}
         self.loss = nn.CrossEntropyLoss()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=0.0)
 
     def epoch(self, batch, seed, rows):
-        torch, model, optimizer = self.torch, self.model, self.optimizer
+        torch, model = self.torch, self.model
         model.load_state_dict(self.initial)
+        model.train()
+        optimizer = self.optimizer_class(model.parameters(), **self.settings)
         generator = torch.Generator().manual_seed(seed)
         started = time.perf_counter()
         order = torch.randperm(rows, generator=generator)

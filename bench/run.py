@@ -53,7 +53,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import _report
-from _common import LAYERS, LR
+from _common import LAYERS, LR, RECIPE_PARTS
 
 BENCH = Path(__file__).resolve().parent
 PEERS = ("torch", "sklearn")
@@ -151,7 +151,11 @@ def train_cases(groups, dtypes):
     """(worker, impl, dtype) of every training case of one batch size, in the order of one repeat."""
     cases = [("core", impl, dtype) for dtype in dtypes for impl in ("mlpcore", "floor")]
     cases += [("core", "reference", dtype) for dtype in dtypes]
-    return cases + [(peer, peer, dtype) for peer in groups if peer != "core" for dtype in dtypes]
+    cases += [("core", f"mlpcore-{part}", dtype) for part in RECIPE_PARTS for dtype in dtypes]
+    cases += [(peer, peer, dtype) for peer in groups if peer != "core" for dtype in dtypes]
+    if "torch" in groups:
+        cases += [("torch", f"torch-{part}", dtype) for part in RECIPE_PARTS for dtype in dtypes]
+    return cases
 
 
 def measure(workers, settings):
