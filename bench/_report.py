@@ -157,7 +157,7 @@ def table(run):
     ]
     for t in [t for t in run["results"] if t["kind"] == "train" and "fit_overhead" in t]:
         overhead = statistics.median(t["fit_overhead"])
-        lines.append(f"{t['batch']:>5}  {t['dtype']:<7}  {1000 * overhead:6.1f} ms  "
+        lines.append(f"{t['batch']:>5}  {t['dtype']:<7}  {NAMES[t['impl']]:<17} {1000 * overhead:6.1f} ms  "
                      f"{overhead / (t['median'] - overhead):6.1%}")
     lines += [
         "",
