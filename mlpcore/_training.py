@@ -87,6 +87,10 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
     # Dropout's masks: a key per epoch from the seed (its own stream, apart from the shuffling's).
     dropout_keys = np.random.default_rng([0x6D6C70, seed if seed is not None else
                                           np.random.SeedSequence().entropy])
+    # Every epoch's schedule is checked before anything trains: a factor that goes bad in a late epoch
+    # must not be found after the early ones have changed the weights.
+    for epoch in range(1, epochs + 1):
+        schedule.factors(epoch, epochs, n_batches)
     optimizer._bind(net._params.size, net.dtype)
     rule = optimizer._update_rule(lr)
     # What a rollback restores: the weights and the optimizer's state at the end of the last finished epoch.

@@ -91,6 +91,13 @@ def check_real(value, name, *, low=None, high=None, low_open=False, high_open=Fa
     return value
 
 
+def check_seed(seed):
+    """None or a non-negative integer, as numpy's default_rng takes."""
+    if seed is None:
+        return None
+    return check_integer_at_least(seed, "seed", 0)
+
+
 def check_threads(threads):
     if threads is None:
         return None

@@ -232,6 +232,9 @@ class Network:
         schedule = schedules.get(schedule)
         validation_split = check.check_real(validation_split, "validation_split", low=0, high=1,
                                             high_open=True)
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
+        seed = check.check_seed(seed)
         validation = None
         if validation_data is not None:
             validation = self._check_data(*check.check_validation_pair(validation_data))

@@ -89,7 +89,7 @@ def forward_all(weights, X, keep_masks=None, dropout=0.0):
 
     Returns (inputs, pre_activations): inputs[i] is the ones-augmented input of layer i; pre_activations[i]
     is its output before the activation (the last one: the logits). With keep_masks, each hidden output
-    is multiplied by its mask / (1 - dropout) (inverted dropout).
+    is multiplied by its mask times dropout_scale(dropout) (inverted dropout).
     """
     a = X.astype(weights[0].dtype)
     inputs, pre_activations = [], []
@@ -99,7 +99,7 @@ def forward_all(weights, X, keep_masks=None, dropout=0.0):
         pre_activations.append(z)
         a = relu(z) if i < len(weights) - 1 else z
         if keep_masks is not None and i < len(weights) - 1:
-            a = a * keep_masks[i] / (1 - dropout)
+            a = a * keep_masks[i] * dropout_scale(dropout)
     return inputs, pre_activations
 
 
@@ -126,7 +126,7 @@ def loss_and_gradients(weights, X, y, *, label_smoothing=0.0, sample_weight=None
 
     label_smoothing eps trains on (1 - eps) T + eps / K; sample_weight makes the loss the weighted mean
     of the rows'; keep_masks (one 0/1 array per hidden layer, see dropout_mask) apply inverted dropout of
-    probability `dropout` to the hidden outputs.
+    probability `dropout` to the hidden outputs (kept units scaled by dropout_scale(dropout)).
     """
     inputs, pre_activations = forward_all(weights, X, keep_masks, dropout)
     logits = pre_activations[-1]
@@ -147,7 +147,7 @@ def loss_and_gradients(weights, X, y, *, label_smoothing=0.0, sample_weight=None
         if i > 0:
             delta = error_passed_down(delta, weights[i], pre_activations[i - 1])
             if keep_masks is not None:
-                delta = delta * keep_masks[i - 1] / (1 - dropout)
+                delta = delta * keep_masks[i - 1] * dropout_scale(dropout)
     return value, grads
 
 
@@ -228,6 +228,13 @@ def dropout_keys(seed, epochs):
     """The key of each epoch of a fit with this seed: draws of default_rng([0x6D6C70, seed])."""
     rng = np.random.default_rng([0x6D6C70, seed])
     return [int(rng.integers(0, 2**63, dtype=np.uint64)) for _ in range(epochs)]
+
+
+def dropout_scale(dropout):
+    """What a kept unit is scaled by: 1 / (1 - p) for the probability p actually drawn, the dropout rate
+    rounded to a multiple of 2**-24 (1 when that is 0)."""
+    threshold = int(dropout * 2**24 + 0.5)
+    return 2**24 / (2**24 - threshold) if threshold else 1.0
 
 
 def dropout_mask(key, batch, layer, rows, width, dropout):

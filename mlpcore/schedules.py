@@ -22,14 +22,10 @@ class Schedule:
 
     def factors(self, epoch, epochs, n_batches):
         """The factors of the n_batches batches of epoch `epoch` (from 1) of a fit of `epochs` epochs, as
-        float64: what fit hands to the compiled core."""
+        float64: what fit hands to the compiled core. Refuses any that is not finite and >= 0."""
         total = epochs * n_batches
         done = (epoch - 1) * n_batches + np.arange(1, n_batches + 1)
-        values = np.array([self.factor(d / total) for d in done], dtype=np.float64)
-        if not (np.isfinite(values).all() and (values >= 0).all()):
-            bad = values[~(np.isfinite(values) & (values >= 0))][0]
-            raise ValueError(f"the schedule gave the learning-rate factor {bad}: it must be finite and >= 0")
-        return values
+        return _checked(np.array([self.factor(d / total) for d in done], dtype=np.float64))
 
 
 class Constant(Schedule):
@@ -60,6 +56,15 @@ class Cosine(Schedule):
         q = (progress - self.warmup) / (1.0 - self.warmup)
         return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * q))
 
+    def factors(self, epoch, epochs, n_batches):
+        # factor() on every batch at once: a fit of many small batches calls this every epoch.
+        total = epochs * n_batches
+        progress = ((epoch - 1) * n_batches + np.arange(1, n_batches + 1)) / total
+        q = np.clip((progress - self.warmup) / (1.0 - self.warmup), 0.0, 1.0)
+        cosine = self.final + (1.0 - self.final) * 0.5 * (1.0 + np.cos(np.pi * q))
+        warm = progress / self.warmup if self.warmup > 0 else cosine
+        return _checked(np.where(progress <= self.warmup, warm, cosine))
+
     def __repr__(self):
         return f"Cosine(warmup={self.warmup!r}, final={self.final!r})"
 
@@ -79,7 +84,9 @@ class Step(Schedule):
         raise TypeError("Step counts epochs: use factors(epoch, epochs, n_batches)")
 
     def factors(self, epoch, epochs, n_batches):
-        return np.full(n_batches, self.gamma ** ((epoch - 1) // self.every))
+        with np.errstate(over="ignore", under="ignore"):
+            factor = np.float64(self.gamma) ** ((epoch - 1) // self.every)
+        return _checked(np.full(n_batches, factor))
 
     def __repr__(self):
         return f"Step(every={self.every!r}, gamma={self.gamma!r})"
@@ -97,6 +104,13 @@ class _Function(Schedule):
 
     def __repr__(self):
         return f"schedule {self.function!r}"
+
+
+def _checked(values):
+    if not (np.isfinite(values).all() and (values >= 0).all()):
+        bad = values[~(np.isfinite(values) & (values >= 0))][0]
+        raise ValueError(f"the schedule gave the learning-rate factor {bad}: it must be finite and >= 0")
+    return values
 
 
 #: The names the command line takes.

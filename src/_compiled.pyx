@@ -65,8 +65,12 @@ cdef class UpdateRule:
                  bint decoupled=False, first_moment=None, second_moment=None):
         if not RULE_GRADIENTS_ONLY <= kind <= RULE_ADAM:
             raise ValueError(f"unknown update rule kind {kind}")
-        if kind != RULE_GRADIENTS_ONLY and not lr > 0:
+        if kind != RULE_GRADIENTS_ONLY and not 0 < lr < float("inf"):
             raise ValueError(f"the update rule needs a learning rate > 0, got {lr}")
+        if not (0 <= momentum < float("inf") and 0 <= weight_decay < float("inf") and 0 <= beta1 < 1
+                and 0 <= beta2 < 1 and 0 <= eps < float("inf")):
+            raise ValueError("the update rule's settings are out of range: momentum, weight_decay and eps "
+                             "must be finite and >= 0, beta1 and beta2 in [0, 1)")
         needs_first = kind == RULE_ADAM or (kind == RULE_SGD_MOMENTUM and momentum != 0)
         needs_second = kind == RULE_ADAM
         if needs_first != (first_moment is not None) or needs_second != (second_moment is not None):
@@ -108,14 +112,18 @@ cdef class UpdateRule:
 
     @lr_factors.setter
     def lr_factors(self, factors):
-        cdef const double[::1] view
+        cdef double[::1] view
         if factors is None:
             self._lr_factors, self.rule.lr_factors = None, NULL
             return
-        view = factors
-        if view.shape[0] == 0:
-            raise ValueError("lr_factors is empty")
-        self._lr_factors, self.rule.lr_factors = factors, &view[0]
+        # A copy of its own: the caller's buffer may be resized or freed while the pointer is kept.
+        owned = np.array(factors, dtype=np.float64, copy=True, order="C")
+        if owned.ndim != 1 or owned.shape[0] == 0:
+            raise ValueError(f"lr_factors must be a non-empty 1-D sequence, got shape {owned.shape}")
+        if not (np.isfinite(owned).all() and (owned >= 0).all()):
+            raise ValueError("lr_factors must be finite and >= 0")
+        view = owned
+        self._lr_factors, self.rule.lr_factors = owned, &view[0]
 
     cdef int check_for(self, Py_ssize_t n_params, Py_ssize_t item_size, Py_ssize_t stop_batch) except -1:
         """The state arrays fit the parameters, and the schedule covers the batches to train."""
@@ -166,6 +174,17 @@ def _check_rows(Py_ssize_t rows, str what):
         raise ValueError(f"{what} must be in [1, 2**31 - 1] (BLAS takes 32-bit sizes), got {rows}")
 
 
+def _workspace_bound(const Py_ssize_t[::1] sizes, Py_ssize_t batch, Py_ssize_t workers):
+    """An upper bound of every workspace size for these arguments, in Python integers; refuses one that
+    C's signed sizes could not count (the C count would wrap around and pass a too-small workspace)."""
+    widths = sum(sizes[l] for l in range(1, sizes.shape[0]))
+    bound = (2 * widths + sizes[0]) * batch + (widths + (widths + sizes[0]) * batch) * workers
+    if bound >= 2**62:
+        raise ValueError(f"a workspace for batches of {batch} rows through layers {list(sizes)} would "
+                         "hold more elements than memory can")
+    return bound
+
+
 def workspace_size(const Py_ssize_t[::1] sizes, Py_ssize_t batch, bint gather=False, Py_ssize_t workers=1,
                    bint training=False):
     """Number of elements of the workspace for batches of up to `batch` rows done by up to `workers`
@@ -175,12 +194,7 @@ def workspace_size(const Py_ssize_t[::1] sizes, Py_ssize_t batch, bint gather=Fa
     _check_rows(batch, "the rows of a batch")
     if not 1 <= workers <= MAX_TEAM:
         raise ValueError(f"workers must be in [1, {MAX_TEAM}], got {workers}")
-    # Counted in Python integers first: the C count must not overflow.
-    widths = sum(sizes[l] for l in range(1, sizes.shape[0]))
-    bound = (2 * widths + sizes[0]) * batch + (widths + (widths + sizes[0]) * batch) * workers
-    if bound >= 2**62:
-        raise ValueError(f"a workspace for batches of {batch} rows through layers {list(sizes)} would "
-                         "hold more elements than memory can")
+    _workspace_bound(sizes, batch, workers)
     return _workspace_size(&sizes[0], sizes.shape[0] - 1, batch, gather, workers, training)
 
 
@@ -249,22 +263,46 @@ cdef uint64_t _largest_magnitude(const char* data, Py_ssize_t first, Py_ssize_t 
                                    <uint64_t>0x7FFFFFFFFFFFFFFFull)
 
 
+cdef Py_ssize_t _first_out_of_range(const Py_ssize_t[::1] values, Py_ssize_t limit) noexcept nogil:
+    """The index of the first value outside [0, limit), or -1."""
+    cdef Py_ssize_t i
+    for i in range(values.shape[0]):
+        if values[i] < 0 or values[i] >= limit:
+            return i
+    return -1
+
+
+cdef int _check_indices(const Py_ssize_t[::1] values, Py_ssize_t limit, str what) except -1:
+    """Refuse indices that would take the core out of bounds (labels into the logits, order into X)."""
+    cdef Py_ssize_t bad
+    with nogil:
+        bad = _first_out_of_range(values, limit)
+    if bad >= 0:
+        raise ValueError(f"{what} has the value {values[bad]} at {bad}, outside [0, {limit})")
+    return 0
+
+
 cdef int _check_data(const Py_ssize_t[::1] sizes, Py_ssize_t n_params, Py_ssize_t rows, Py_ssize_t width,
-                     Py_ssize_t n_labels, Py_ssize_t target_rows, Py_ssize_t target_width,
+                     const Py_ssize_t[::1] labels, Py_ssize_t target_rows, Py_ssize_t target_width,
                      str rows_name="targets") except -1:
     """Shapes of params, X and the targets against sizes (labels, or the rows of `rows_name` when there
     are none)."""
-    cdef Py_ssize_t n_layers = sizes.shape[0] - 1
+    cdef Py_ssize_t n_layers = sizes.shape[0] - 1, n_labels = labels.shape[0] if labels is not None else 0
+    cdef Py_ssize_t l
     _check_sizes(sizes)
-    if n_params != n_weights(&sizes[0], n_layers):
-        raise ValueError(f"params has {n_params} entries, but layer sizes {list(sizes)} need "
-                         f"{n_weights(&sizes[0], n_layers)}")
+    # Counted in Python integers: the C count wraps around for sizes no memory holds.
+    needed = 0
+    for l in range(n_layers):
+        needed += (<object>sizes[l] + 1) * <object>sizes[l + 1]
+    if n_params != needed:
+        raise ValueError(f"params has {n_params} entries, but layer sizes {list(sizes)} need {needed}")
     if rows < 1 or width != sizes[0]:
         raise ValueError(f"X has shape ({rows}, {width}), but the network needs at least one row of "
                          f"{sizes[0]} features")
     if n_labels > 0:
         if n_labels != rows:
             raise ValueError(f"labels has {n_labels} entries for {rows} rows of X")
+        _check_indices(labels, sizes[n_layers], "labels")
     elif target_rows != rows or target_width != sizes[n_layers]:
         raise ValueError(f"{rows_name} has shape ({target_rows}, {target_width}), but X has {rows} rows and "
                          f"the network {sizes[n_layers]} outputs")
@@ -279,6 +317,7 @@ cdef double* _prepare_team(Workspace* space, floating[::1] work, const Py_ssize_
     cdef int status
     if not 1 <= workers <= MAX_TEAM:
         raise ValueError(f"workers must be in [1, {MAX_TEAM}], got {workers}")
+    _workspace_bound(sizes, batch, workers)
     status = carve_workspace(space, &work[0], work.shape[0], &sizes[0], sizes.shape[0] - 1, batch, gather,
                              workers, training)
     if status == -1:
@@ -326,7 +365,7 @@ def predict_proba(const floating[::1] params, const Py_ssize_t[::1] sizes, const
                   floating[:, ::1] out, floating[::1] work, Py_ssize_t chunk, int workers=1):
     """out = softmax(network(X)), `chunk` rows at a time shared out between `workers` threads (BLAS must
     be single-threaded when workers > 1; see train_batches), the GIL released."""
-    _check_data(sizes, params.shape[0], X.shape[0], X.shape[1], 0, out.shape[0], out.shape[1], "out")
+    _check_data(sizes, params.shape[0], X.shape[0], X.shape[1], None, out.shape[0], out.shape[1], "out")
     _evaluate(params, sizes, X, &out[0, 0], NULL, NULL, work, chunk, workers)
 
 
@@ -336,7 +375,7 @@ def mean_loss(const floating[::1] params, const Py_ssize_t[::1] sizes, const flo
     """Mean cross-entropy over X, `chunk` rows at a time shared out between `workers` threads. Targets
     are `labels` if it is not empty."""
     cdef bint use_labels = labels.shape[0] > 0
-    _check_data(sizes, params.shape[0], X.shape[0], X.shape[1], labels.shape[0], targets.shape[0],
+    _check_data(sizes, params.shape[0], X.shape[0], X.shape[1], labels, targets.shape[0],
                 targets.shape[1])
     return _evaluate(params, sizes, X, NULL, &labels[0] if use_labels else NULL,
                      NULL if use_labels else &targets[0, 0], work, chunk, workers) / X.shape[0]
@@ -361,7 +400,7 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     `sample_weight` (one per row of X, >= 0) weighs each row's loss and gradient: a batch's loss is the
     weighted mean; with rows gathered, `weight_work` holds at least batch_size weights. `label_smoothing`
     eps trains on (1 - eps) T + eps / K. `dropout` p drops each hidden unit's output with probability p
-    (rounded to a multiple of 2**-24) and scales the others by 1 / (1 - p), the mask a hash of
+    (rounded to a multiple of 2**-24) and scales the others by 1 / (1 - that), the mask a hash of
     (dropout_key, batch, layer, row, unit).
 
     `workers` > 1 shares every batch out between that many OpenMP threads (at most MAX_WORKERS; fewer if
@@ -383,7 +422,7 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     cdef TeamResult result
     cdef Workspace space
     cdef Regularisation extra
-    _check_data(sizes, params.shape[0], n, X.shape[1], labels.shape[0], targets.shape[0], targets.shape[1])
+    _check_data(sizes, params.shape[0], n, X.shape[1], labels, targets.shape[0], targets.shape[1])
     if grads.shape[0] != params.shape[0]:
         raise ValueError(f"grads has {grads.shape[0]} entries, params {params.shape[0]}")
     rule.check_for(params.shape[0], sizeof(floating), stop_batch)
@@ -394,6 +433,8 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
                          f"of {n} rows in batches of {batch_size}")
     if gather and order.shape[0] != n:
         raise ValueError(f"order has {order.shape[0]} entries for {n} rows of X")
+    if gather:
+        _check_indices(order, n, "order")
     if gather and use_labels and label_work.shape[0] < min(batch_size, n):
         raise ValueError(f"label_work holds {label_work.shape[0]} labels, fewer than a batch's "
                          f"{min(batch_size, n)}")

@@ -10,7 +10,7 @@ from _layers cimport (dense_forward as _dense_forward, partial_product as _parti
                       add_partial_products as _add_partial_products, pass_error_down as _pass_error_down,
                       weight_gradient as _weight_gradient, bias_gradient as _bias_gradient,
                       dropout as _dropout, splitmix64 as _splitmix64)
-from _training cimport dropout_threshold
+from _training cimport dropout_threshold, dropout_keep_scale
 from libc.stdint cimport uint64_t
 from _head cimport softmax_cross_entropy as _softmax_cross_entropy, softmax_rows as _softmax_rows
 from _team cimport share_start as _share_start, block_start as _block_start
@@ -35,7 +35,7 @@ def dropout(floating[:, ::1] out, Py_ssize_t first_row, Py_ssize_t stop_row, Py_
     _check_range(first_col, stop_col, out.shape[1], "columns")
     _require(0 <= p < 1, "p")
     _dropout(&out[0, 0], out.shape[1], first_row, stop_row, first_col, stop_col, key, dropout_threshold(p),
-             <floating>(1.0 / (1.0 - p)))
+             <floating>dropout_keep_scale(p))
 
 
 def splitmix64(uint64_t z):

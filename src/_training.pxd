@@ -55,6 +55,12 @@ cdef inline uint64_t dropout_threshold(double p) noexcept nogil:
     return <uint64_t>(p * 16777216.0 + 0.5)
 
 
+cdef inline double dropout_keep_scale(double p) noexcept nogil:
+    """What a kept unit is scaled by: 1 / (1 - the probability actually drawn), 1 when none is dropped."""
+    cdef uint64_t threshold = dropout_threshold(p)
+    return 16777216.0 / (16777216.0 - <double>threshold) if threshold > 0 else 1.0
+
+
 cdef struct Batch:
     # What every worker knows of the batch it trains; the arrays' element type is in the functions' args.
     const Py_ssize_t* sizes
@@ -310,7 +316,7 @@ cdef inline void train_member(floating* params, floating* grads, const Py_ssize_
     batch.sample_weight, batch.weight_work = extra.sample_weight, extra.weight_work
     batch.label_smoothing, batch.dropout_key = extra.label_smoothing, extra.dropout_key
     batch.dropout_threshold = dropout_threshold(extra.dropout)
-    batch.keep_scale = 1.0 / (1.0 - extra.dropout)
+    batch.keep_scale = dropout_keep_scale(extra.dropout)
     for b in range(first_batch, stop_batch):
         batch.index, batch.start = b, b * batch_size
         batch.m = min(batch_size, n - batch.start)

@@ -122,3 +122,81 @@ def test_max_abs_shared_out_finds_the_largest_magnitude_nan_and_infinity(workers
     assert _compiled.max_abs(np.zeros((0, 3), dtype), workers) == 0.0
     with pytest.raises(ValueError, match="workers must be in"):
         _compiled.max_abs(X, 0)
+
+
+def test_sizes_whose_counts_wrap_around_are_refused():
+    # Each size fits BLAS, but the parameter count wraps around to 57 in 64-bit arithmetic, and the
+    # workspace count goes negative: both must be counted without wrapping and refused.
+    big = 2**31 - 1
+    sizes = np.array([1, big, big, big, 2147483588, big, 120], dtype=np.intp)
+    X = np.zeros((4, 1))
+    with pytest.raises(ValueError, match="params has 57 entries"):
+        _compiled.train_batches(np.zeros(57), np.zeros(57), sizes, X, np.zeros(4, np.intp), np.empty((0, 120)),
+                                np.empty(0, np.intp), 429496730, 0, 1, _compiled.UpdateRule(_compiled.SGD, 0.1),
+                                np.zeros(16), np.empty(0, np.intp))
+    with pytest.raises(ValueError, match="more elements than memory can"):
+        _compiled.workspace_size(sizes, 429496730)
+    with pytest.raises(ValueError, match="params has 57 entries"):
+        _compiled.predict_proba(np.zeros(57), sizes, X, np.empty((4, 120)), np.zeros(16), 429496730)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("labels", np.array([0, 1, 3, 0, 0, 0, 0, 0, 0, 0], np.intp), r"labels has the value 3 at 2, outside \[0, 3\)"),
+    ("labels", np.array([0, -1] + [0] * 8, np.intp), r"labels has the value -1 at 1"),
+    ("order", np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 10], np.intp), r"order has the value 10 at 9, outside \[0, 10\)"),
+])
+def test_indices_out_of_range_are_refused(field, value, message):
+    args = _train_args()
+    args[field] = value
+    before = args["params"].copy()
+    with pytest.raises(ValueError, match=message):
+        _compiled.train_batches(*args.values())
+    np.testing.assert_array_equal(args["params"], before)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"sample_weight": np.ones(9)}, "sample_weight has 9 entries for 10 rows"),
+    ({"sample_weight": np.ones(10)}, "weight_work must hold at least 4 weights"),
+    ({"sample_weight": np.ones(10), "weight_work": np.ones(3)}, "weight_work must hold at least 4"),
+    ({"label_smoothing": 1.5}, r"label_smoothing must be in \[0, 1\]"),
+    ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+])
+def test_the_training_extras_are_checked(kwargs, message):
+    args = _train_args()
+    before = args["params"].copy()
+    with pytest.raises(ValueError, match=message):
+        _compiled.train_batches(*args.values(), **kwargs)
+    np.testing.assert_array_equal(args["params"], before)
+
+
+def test_rule_state_and_schedule_must_fit_the_parameters():
+    args = _train_args()
+    args["rule"] = _compiled.UpdateRule(_compiled.ADAM, 0.01, first_moment=np.zeros(N_PARAMS, np.float32),
+                                        second_moment=np.zeros(N_PARAMS, np.float32))
+    with pytest.raises(ValueError, match="the update rule's state is 57 entries of float32"):
+        _compiled.train_batches(*args.values())
+    args["rule"] = _compiled.UpdateRule(_compiled.SGD, 0.1)
+    args["rule"].lr_factors = np.ones(2)
+    with pytest.raises(ValueError, match="lr_factors has 2 entries, fewer than the 3 batches"):
+        _compiled.train_batches(*args.values())
+
+
+def test_lr_factors_are_copied_not_borrowed():
+    import array
+    factors = array.array("d", [0.5, 0.5, 0.5])
+    rule = _compiled.UpdateRule(_compiled.SGD, 0.1)
+    rule.lr_factors = factors
+    factors[0] = 99.0
+    factors.extend([1.0] * 100000)  # the buffer moves; the rule must not read the old one
+    assert rule.lr_factors.tolist() == [0.5, 0.5, 0.5]
+    with pytest.raises(ValueError, match="lr_factors must be finite and >= 0"):
+        rule.lr_factors = [1.0, -1.0]
+
+
+@pytest.mark.parametrize("kwargs", [{"beta1": 1.0}, {"beta2": -0.1}, {"eps": -1.0}, {"momentum": -0.5},
+                                    {"weight_decay": float("inf")}])
+def test_update_rule_settings_out_of_range_are_refused(kwargs):
+    with pytest.raises(ValueError, match="settings are out of range"):
+        _compiled.UpdateRule(_compiled.ADAM, 0.01, first_moment=np.zeros(3), second_moment=np.zeros(3), **kwargs)
+    with pytest.raises(ValueError, match="needs a learning rate > 0"):
+        _compiled.UpdateRule(_compiled.SGD, float("inf"))

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 
 import mlpcore
-from mlpcore import optimizers, reference, schedules, _threads
+from mlpcore import _compiled, _threads, optimizers, reference, schedules
 from conftest import make_problem, relative_error
 
 SIZES = [12, 40, 20, 4]
-N_ROWS, BATCH, EPOCHS = 50, 5, 5  # 50 steps
+# Batches of 4 (the last of each epoch 2 rows) go by features on a team, 40 wide, in both dtypes.
+N_ROWS, BATCH, EPOCHS = 50, 4, 5
+STEPS_PER_EPOCH = -(-N_ROWS // BATCH)  # 13: 65 steps in all
 TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 
 OPTIMIZERS = {
@@ -69,9 +71,10 @@ def _zeros_like(weights):
 
 @pytest.fixture(params=[1, 2, 3], ids=["1 thread", "team of 2", "team of 3"])
 def threads(request, monkeypatch):
-    # Teams whatever the machine: every batch of 5 rows shared out (by features, 40 wide, in both dtypes).
+    # Teams whatever the machine: every batch shared out, by features (40 wide, in both dtypes).
     monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
     monkeypatch.setattr(_threads, "usable_cores", lambda: 64)
+    assert not any(_compiled.split_by_rows(m, 40, size) for m in (BATCH, N_ROWS % BATCH) for size in (4, 8))
     return request.param
 
 
@@ -92,7 +95,7 @@ def test_fit_with_an_optimizer_matches_the_reference(name, schedule, threads, dt
         assert relative_error(W, ref_W) <= tolerance
     if dtype == np.float64:  # a float32 logit may round onto a tie the reference breaks the other way
         np.testing.assert_array_equal(history.accuracy, accuracies)
-    assert optimizer.step == EPOCHS * N_ROWS // BATCH
+    assert optimizer.step == EPOCHS * STEPS_PER_EPOCH
 
 
 def test_rows_scheme_with_adam_matches_the_reference(monkeypatch):
@@ -139,7 +142,7 @@ def test_an_instance_carries_its_state_from_fit_to_fit(name):
     optimizer = OPTIMIZERS[name]()
     for _ in range(2):
         parts.fit(X, y, epochs=2, batch_size=BATCH, optimizer=optimizer, shuffle=False)
-    assert optimizer.step == 4 * N_ROWS // BATCH
+    assert optimizer.step == 4 * STEPS_PER_EPOCH
     for a, b in zip(whole.weights, parts.weights):
         np.testing.assert_array_equal(a, b)
     # A name starts afresh: a second fit by name is not the continuation.
@@ -172,7 +175,7 @@ def test_an_interrupted_fit_rolls_back_weights_and_state_and_can_continue(stop):
         X_bad[N_ROWS // 2] = np.finfo(np.float64).max  # a batch in the middle of the epoch overflows
         with pytest.raises(mlpcore.TrainingDiverged), pytest.warns(UserWarning, match="unscaled"):
             net.fit(X_bad, y, epochs=1, batch_size=BATCH, optimizer=optimizer, shuffle=False)
-    assert optimizer.step == 2 * N_ROWS // BATCH
+    assert optimizer.step == 2 * STEPS_PER_EPOCH
     net.fit(X, y, epochs=2, batch_size=BATCH, optimizer=optimizer, shuffle=False)
     for a, b in zip(whole.weights, net.weights):
         np.testing.assert_array_equal(a, b)
@@ -268,6 +271,18 @@ def test_bad_fit_arguments_leave_weights_and_optimizer_state_unchanged(kwargs, e
     assert optimizer.step == step
     for name, array in optimizer.state.items():
         np.testing.assert_array_equal(array, state[name])
+
+
+@pytest.mark.parametrize("schedule", [lambda p: 1 - 2 * p, schedules.Step(every=1, gamma=1e300)])
+def test_a_schedule_that_goes_bad_late_is_refused_before_training(schedule):
+    X, y = make_problem(SIZES, 40, np.float64, seed=1)
+    net = mlpcore.Network(SIZES, dtype="float64", seed=2)
+    optimizer = optimizers.SGD(lr=0.1, momentum=0.9)
+    before = net._params.copy()
+    with pytest.raises(ValueError, match="the schedule gave the learning-rate factor"):
+        net.fit(X, y, epochs=4, batch_size=10, optimizer=optimizer, schedule=schedule)
+    np.testing.assert_array_equal(net._params, before)
+    assert optimizer.step == 0
 
 
 def test_an_optimizer_refuses_another_networks_shape():
