@@ -158,22 +158,36 @@ def write_weight_block(int kind, double lr, floating[::1] params, floating[::1] 
                        Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t first_row, Py_ssize_t stop_row,
                        Py_ssize_t first_col, Py_ssize_t stop_col, Py_ssize_t first_bias,
                        Py_ssize_t stop_bias, floating[:, ::1] column_sums, const floating[:, ::1] x,
-                       const floating[:, ::1] dz):
-    """The update rule `kind` (0: gradients only, 1: SGD with lr) on one block of the layer whose
-    weights are params[offset : offset + (n_in + 1) * n_out]."""
+                       const floating[:, ::1] dz, *, double momentum=0.0, bint nesterov=False,
+                       double weight_decay=0.0, double beta1=0.9, double beta2=0.999, double eps=1e-8,
+                       bint decoupled=False, Py_ssize_t step=0, floating[::1] first_moment=None,
+                       floating[::1] second_moment=None):
+    """The update rule `kind` (0: gradients only, 1: SGD, 2: SGD with momentum or weight decay, 3: Adam or
+    AdamW, with the state arrays laid out like params) on one block of the layer whose weights are
+    params[offset : offset + (n_in + 1) * n_out], as batch 0 of a pass that follows `step` steps."""
     cdef Rule rule
     cdef WeightBlock block
     cdef Py_ssize_t p
-    _require(kind in (0, 1), "kind")
+    _require(0 <= kind <= 3, "kind")
     _require(params.shape[0] == grads.shape[0] and 0 <= offset
              and offset + (n_in + 1) * n_out <= params.shape[0] and x.shape[1] == n_in
              and dz.shape[1] == n_out and x.shape[0] == dz.shape[0] and column_sums.shape[1] == n_out
              and 1 <= column_sums.shape[0] <= 16, "shapes")
+    _require(first_moment is None or first_moment.shape[0] == params.shape[0], "shapes")
+    _require(second_moment is None or second_moment.shape[0] == params.shape[0], "shapes")
+    _require(kind != 3 or (first_moment is not None and second_moment is not None), "state")
+    _require(kind != 2 or momentum == 0 or first_moment is not None, "state")
     _check_range(first_row, stop_row, n_in, "rows")
     _check_range(first_col, stop_col, n_out, "columns")
     _check_range(first_bias, stop_bias, n_out, "bias")
-    rule.kind, rule.lr, rule.lr_factors, rule.step = <RuleKind>kind, lr, NULL, 0
+    rule.kind, rule.lr, rule.lr_factors, rule.step = <RuleKind>kind, lr, NULL, step
+    rule.momentum, rule.nesterov, rule.weight_decay = momentum, nesterov, weight_decay
+    rule.beta1, rule.beta2, rule.eps, rule.decoupled = beta1, beta2, eps, decoupled
     rule.first_moment = rule.second_moment = NULL
+    if first_moment is not None:
+        rule.first_moment = <void*>&first_moment[0]
+    if second_moment is not None:
+        rule.second_moment = <void*>&second_moment[0]
     block.offset, block.n_in, block.n_out = offset, n_in, n_out
     block.first_row, block.stop_row, block.first_col, block.stop_col = first_row, stop_row, first_col, stop_col
     block.first_bias, block.stop_bias = first_bias, stop_bias

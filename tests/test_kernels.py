@@ -230,3 +230,61 @@ def test_kernels_refuse_blocks_out_of_range():
         _kernels.dense_forward(x, W, z, True, 0, 6)
     with pytest.raises(ValueError, match="shapes"):
         _kernels.dense_forward(x, np.ones((3, 5)), z, True, 0, 5)
+
+
+STATEFUL = {
+    "momentum": dict(kind=2, momentum=0.9),
+    "nesterov-decay": dict(kind=2, momentum=0.5, nesterov=True, weight_decay=0.1),
+    "decay alone": dict(kind=2, weight_decay=0.1),
+    "adam-l2": dict(kind=3, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05),
+    "adamw": dict(kind=3, weight_decay=0.1, decoupled=True),
+}
+
+
+@pytest.mark.parametrize("rule", STATEFUL)
+@pytest.mark.parametrize("split", ["weight rows", "weight columns"])
+def test_a_stateful_rule_steps_its_block_and_nothing_else(rule, split, dtype):
+    # Layer 2 of [5, 6, 300, ...]: a block larger than a panel (4096 entries), so that it is stepped panel
+    # by panel; weights, moments and everything outside the block as the reference says.
+    rng = np.random.default_rng(10)
+    offset, k, n = 36, 20, 300
+    settings = dict(STATEFUL[rule])
+    kind = settings.pop("kind")
+    params = _rng_matrix(rng, offset + (k + 1) * n, dtype)
+    first_moment = _rng_matrix(rng, params.size, dtype, 0.1)
+    second_moment = np.abs(_rng_matrix(rng, params.size, dtype, 0.1))
+    x, dz = _rng_matrix(rng, (7, k), dtype), _rng_matrix(rng, (7, n), dtype)
+    sums = np.stack([dz[:3].sum(axis=0), dz[3:].sum(axis=0)])
+    rows, cols = ((2, 17), (0, n)) if split == "weight rows" else ((0, k), (16, 160))
+    bias = (0, n) if split == "weight rows" else cols
+    before = [a.copy() for a in (params, first_moment, second_moment)]
+    state = {"first_moment": first_moment, "second_moment": second_moment} if kind == 3 else (
+        {"first_moment": first_moment} if settings.get("momentum") else {})
+    _kernels.write_weight_block(kind, 0.05, params, np.empty_like(params), offset, k, n, *rows, *cols, *bias,
+                                sums, x, dz, step=4, **state, **settings)
+
+    # The reference on the whole layer, from copies; then only the block may differ from before.
+    W = before[0][offset:].reshape(k + 1, n).copy()
+    m = before[1][offset:].reshape(k + 1, n).copy()
+    v = before[2][offset:].reshape(k + 1, n).copy()
+    gradient = reference.weight_gradient(reference.add_ones_column(x), dz)
+    if kind == 3:
+        reference.adam_step([W], [gradient], [m], [v], 5, 0.05, (settings.get("beta1", 0.9),
+                            settings.get("beta2", 0.999)), settings.get("eps", 1e-8), settings["weight_decay"],
+                            settings.get("decoupled", False))
+    else:
+        reference.sgd_step([W], [gradient], [m], 0.05, settings.get("momentum", 0.0),
+                           settings.get("nesterov", False), settings.get("weight_decay", 0.0))
+    written = np.zeros((k + 1, n), dtype=bool)
+    written[rows[0]:rows[1], cols[0]:cols[1]] = True
+    written[k, bias[0]:bias[1]] = True
+    arrays = [(params, W, before[0])]
+    if state:
+        arrays.append((first_moment, m, before[1]))
+    if kind == 3:
+        arrays.append((second_moment, v, before[2]))
+    for result, expected, old in arrays:
+        layer, old_layer = result[offset:].reshape(k + 1, n), old[offset:].reshape(k + 1, n)
+        assert relative_error(layer[written], expected[written]) <= RTOL[dtype]
+        np.testing.assert_array_equal(layer[~written], old_layer[~written])
+        np.testing.assert_array_equal(result[:offset], old[:offset])
