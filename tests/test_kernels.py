@@ -244,8 +244,7 @@ STATEFUL = {
 @pytest.mark.parametrize("rule", STATEFUL)
 @pytest.mark.parametrize("split", ["weight rows", "weight columns"])
 def test_a_stateful_rule_steps_its_block_and_nothing_else(rule, split, dtype):
-    # Layer 2 of [5, 6, 300, ...]: a block larger than a panel (4096 entries), so that it is stepped panel
-    # by panel; weights, moments and everything outside the block as the reference says.
+    # Layer 2 of [5, 6, 20, 300]: weights, moments and everything outside the block as the reference says.
     rng = np.random.default_rng(10)
     offset, k, n = 36, 20, 300
     settings = dict(STATEFUL[rule])
