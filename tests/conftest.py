@@ -54,6 +54,16 @@ def dtype(request):
     return np.dtype(request.param)
 
 
+@pytest.fixture(params=[1, 2, 3], ids=["1 thread", "team of 2", "team of 3"])
+def threads(request, monkeypatch):
+    """1, 2 or 3 threads, every batch shared out between them whatever the machine's cores (more threads
+    than cores is slow, never wrong)."""
+    from mlpcore import _threads
+    monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(_threads, "usable_cores", lambda: 64)
+    return request.param
+
+
 @pytest.fixture(params=["reference", "compiled"])
 def model_factory(request):
     """Build a model (Network, or the reference over the same initial weights) for every behaviour test."""

@@ -69,13 +69,9 @@ def _zeros_like(weights):
     return {"m": [np.zeros_like(W) for W in weights], "v": [np.zeros_like(W) for W in weights]}
 
 
-@pytest.fixture(params=[1, 2, 3], ids=["1 thread", "team of 2", "team of 3"])
-def threads(request, monkeypatch):
-    # Teams whatever the machine: every batch shared out, by features (40 wide, in both dtypes).
-    monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(_threads, "usable_cores", lambda: 64)
+def test_the_batches_go_by_features_on_a_team():
+    # What the `threads` fixture's teams then exercise: the feature scheme, in both dtypes.
     assert not any(_compiled.split_by_rows(m, 40, size) for m in (BATCH, N_ROWS % BATCH) for size in (4, 8))
-    return request.param
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
