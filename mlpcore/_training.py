@@ -85,12 +85,12 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
     # The loss of an epoch is the weighted mean over its rows.
     total_weight = float(sample_weight.sum(dtype=np.float64)) if sample_weight is not None else n
     # Dropout's masks: a key per epoch from the seed (its own stream, apart from the shuffling's).
-    dropout_keys = np.random.default_rng([0x6D6C70, seed if seed is not None else
-                                          np.random.SeedSequence().entropy])
-    # Every epoch's schedule is checked before anything trains: a factor that goes bad in a late epoch
-    # must not be found after the early ones have changed the weights.
-    for epoch in range(1, epochs + 1):
-        schedule.factors(epoch, epochs, n_batches)
+    if dropout > 0:
+        dropout_keys = np.random.default_rng([0x6D6C70, seed if seed is not None else
+                                              np.random.SeedSequence().entropy])
+    # Every epoch's schedule, computed (and so checked) before anything trains: a factor that goes bad in
+    # a late epoch must not be found after the early ones have changed the weights.
+    epoch_factors = [schedule.factors(epoch, epochs, n_batches) for epoch in range(1, epochs + 1)]
     optimizer._bind(net._params.size, net.dtype)
     rule = optimizer._update_rule(lr)
     # What a rollback restores: the weights and the optimizer's state at the end of the last finished epoch.
@@ -104,7 +104,7 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
             for epoch in range(1, epochs + 1):
                 started = time.perf_counter()
                 order = rng.permutation(n).astype(np.intp, copy=False) if shuffle else _ROWS_IN_ORDER
-                factors = schedule.factors(epoch, epochs, n_batches)
+                factors = epoch_factors[epoch - 1]
                 rule.lr_factors, rule.step = factors, optimizer.step
                 if dropout > 0:
                     extra["dropout_key"] = int(dropout_keys.integers(0, 2**63, dtype=np.uint64))

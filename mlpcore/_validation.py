@@ -145,6 +145,15 @@ def _check_finite(arr, name):
         raise ValueError(f"{name} contains {what}")
 
 
+def _finite_array(arr, dtype, name):
+    """arr as a C-contiguous array of `dtype`, refused if it holds NaN or infinity (a value too large for
+    dtype becomes infinity, and is refused as such)."""
+    with np.errstate(over="ignore"):
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+    _check_finite(arr, name)
+    return arr
+
+
 def check_X(X, n_features, dtype, *, return_max_abs=False, one_batch=False, workers=1):
     """X as a C-contiguous array of `dtype` with shape (n, n_features); copies only if needed.
 
@@ -205,9 +214,7 @@ def check_targets(y, n_samples, n_classes, dtype):
     if arr.shape[1] != n_classes:
         raise ValueError(f"y has target rows of width {arr.shape[1]}, but the network has "
                          f"{n_classes} outputs")
-    with np.errstate(over="ignore"):
-        targets = np.ascontiguousarray(arr, dtype=dtype)
-    _check_finite(targets, "y")
+    targets = _finite_array(arr, dtype, "y")
     if (targets < 0).any():
         raise ValueError("y contains negative target probabilities")
     sums = targets.sum(axis=1, dtype=np.float64)
@@ -226,9 +233,7 @@ def check_sample_weight(sample_weight, n_samples, dtype):
     if arr.ndim != 1 or arr.shape[0] != n_samples:
         raise ValueError(f"sample_weight must have shape ({n_samples},), one weight per row of X, got "
                          f"shape {arr.shape}")
-    with np.errstate(over="ignore"):
-        arr = np.ascontiguousarray(arr, dtype=dtype)
-    _check_finite(arr, "sample_weight")
+    arr = _finite_array(arr, dtype, "sample_weight")
     if (arr < 0).any():
         raise ValueError(f"sample_weight must be >= 0, got {arr[arr < 0][0]:g}")
     if not arr.any():

@@ -46,47 +46,36 @@ class _Parser(argparse.ArgumentParser):
 # The argparse types: the rules are _validation's, the messages the command's own (they quote what was
 # typed).
 
-def _integer_at_least(minimum, what):
-    """An argparse type: an integer >= minimum, described as `what` in errors."""
+def _argument(convert, rule, what, what_if_wrong=None):
+    """An argparse type: `convert` the text (int, float), then apply _validation's `rule`; errors say what
+    was expected (`what`, or `what_if_wrong` when the text converted but broke the rule)."""
     def parse(text):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         try:
-            return check.check_integer_at_least(value, what, minimum)
+            return rule(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value}") from None
+            shown = value if convert is int else text  # an integer as read ("-01" is -1), a number as typed
+            raise argparse.ArgumentTypeError(f"expected {what_if_wrong or what}, got {shown}") from None
     return parse
 
 
-_positive_int = _integer_at_least(1, "a positive integer")
-_seed = _integer_at_least(0, "a non-negative integer")
+def _integer_at_least(minimum, what):
+    """An argparse type: an integer >= minimum, described as `what` in errors."""
+    return _argument(int, lambda value: check.check_integer_at_least(value, what, minimum), what)
 
 
 def _number_in(low, high, what, high_open=False):
     """An argparse type: a real number in [low, high] ([low, high) with high_open), `what` in errors."""
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        try:
-            return check.check_real(value, what, low=low, high=high, high_open=high_open)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text}") from None
-    return parse
+    return _argument(float, lambda value: check.check_real(value, what, low=low, high=high,
+                                                           high_open=high_open), what)
 
 
-def _learning_rate(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    try:
-        return check.check_learning_rate(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}") from None
+_positive_int = _integer_at_least(1, "a positive integer")
+_seed = _integer_at_least(0, "a non-negative integer")
+_learning_rate = _argument(float, check.check_learning_rate, "a positive number", "a finite number > 0")
 
 
 def _build_parser():

@@ -109,18 +109,15 @@ cdef inline void step_entries(const Rule* rule, floating* w, const floating* g, 
             w[i] = w[i] - step_size * m[i] / (square_root(v[i]) / c2 + eps)
 
 
-cdef inline void step_rows(const Rule* rule, floating* params, const floating* grads,
-                           const WeightBlock* block, Py_ssize_t first_row, Py_ssize_t stop_row,
-                           double lr, double bias_correction1, double bias_correction2_sqrt) noexcept nogil:
-    """Step the block's columns of weight rows first_row..stop_row-1 from their gradients in grads."""
-    cdef Py_ssize_t r, start
+cdef inline void step_at(const Rule* rule, floating* params, const floating* grads, Py_ssize_t start,
+                         Py_ssize_t count, double lr, double weight_decay, double bias_correction1,
+                         double bias_correction2_sqrt) noexcept nogil:
+    """Step params[start:start + count] from the same entries of grads and of the rule's moments."""
     cdef floating* m = <floating*>rule.first_moment
     cdef floating* v = <floating*>rule.second_moment
-    for r in range(first_row, stop_row):
-        start = block.offset + r * block.n_out + block.first_col
-        step_entries(rule, params + start, grads + start, m + start if m != NULL else NULL,
-                     v + start if v != NULL else NULL, block.stop_col - block.first_col, lr,
-                     rule.weight_decay, bias_correction1, bias_correction2_sqrt)
+    step_entries(rule, params + start, grads + start, m + start if m != NULL else NULL,
+                 v + start if v != NULL else NULL, count, lr, weight_decay, bias_correction1,
+                 bias_correction2_sqrt)
 
 
 cdef inline void write_weight_block(const Rule* rule, floating* params, floating* grads,
@@ -131,37 +128,29 @@ cdef inline void write_weight_block(const Rule* rule, floating* params, floating
     cdef floating* dest
     cdef floating alpha, beta
     cdef double lr = batch_lr(rule, batch), bias_correction1 = 1, bias_correction2_sqrt = 1
-    cdef Py_ssize_t start
-    cdef Py_ssize_t bias_row = block.offset + block.n_in * block.n_out
-    cdef floating* moment1 = <floating*>rule.first_moment
-    cdef floating* moment2 = <floating*>rule.second_moment
-    if rule.kind == RULE_SGD or rule.kind == RULE_GRADIENTS_ONLY:
-        if rule.kind == RULE_SGD:
-            # W = W - lr * dW straight from the products (alpha = -lr, beta = 1 into W): no pass over a
-            # gradient buffer, no separate axpy over all the weights each batch. Why SGD is at the floor.
-            dest, alpha, beta = params, <floating>(-lr), <floating>1
-        else:
-            dest, alpha, beta = grads, <floating>1, <floating>0
-        weight_gradient(x, m, block.n_in, dz, block.n_out, block.first_row, block.stop_row,
-                        block.first_col, block.stop_col, dest + block.offset, alpha, beta)
-        bias_gradient(dest + bias_row, block.first_bias, block.stop_bias, <floating**>block.column_sums,
-                      block.n_parts, alpha, beta)
+    cdef Py_ssize_t r, bias_row = block.offset + block.n_in * block.n_out
+    if rule.kind == RULE_SGD:
+        # W = W - lr * dW straight from the products (alpha = -lr, beta = 1 into W): no pass over a
+        # gradient buffer, no separate axpy over all the weights each batch. Why SGD is at the floor.
+        dest, alpha, beta = params, <floating>(-lr), <floating>1
+    else:
+        # The gradient itself: what GRADIENTS_ONLY returns, and what a rule with state steps from.
+        # (Computing and stepping a panel of rows at a time, to keep the gradient in cache, re-packs the
+        # error dz for every panel: 1.5x slower at batch 600, measured.)
+        dest, alpha, beta = grads, <floating>1, <floating>0
+    weight_gradient(x, m, block.n_in, dz, block.n_out, block.first_row, block.stop_row, block.first_col,
+                    block.stop_col, dest + block.offset, alpha, beta)
+    bias_gradient(dest + bias_row, block.first_bias, block.stop_bias, <floating**>block.column_sums,
+                  block.n_parts, alpha, beta)
+    if rule.kind != RULE_SGD_MOMENTUM and rule.kind != RULE_ADAM:
         return
-    # A rule with state: the block's gradient into grads in one product, then the step over the block.
-    # (Computing and stepping a panel of rows at a time, to keep the gradient in cache, re-packs the error
-    # dz for every panel: 1.5x slower at batch 600, measured.)
     if rule.kind == RULE_ADAM:
         bias_correction1 = 1 - pow(rule.beta1, <double>(rule.step + batch + 1))
         bias_correction2_sqrt = sqrt(1 - pow(rule.beta2, <double>(rule.step + batch + 1)))
-    weight_gradient(x, m, block.n_in, dz, block.n_out, block.first_row, block.stop_row, block.first_col,
-                    block.stop_col, grads + block.offset, <floating>1, <floating>0)
-    step_rows(rule, params, grads, block, block.first_row, block.stop_row, lr, bias_correction1,
-              bias_correction2_sqrt)
-    if block.stop_bias > block.first_bias:
-        bias_gradient(grads + bias_row, block.first_bias, block.stop_bias, <floating**>block.column_sums,
-                      block.n_parts, <floating>1, <floating>0)
-        # The bias row: no weight decay.
-        start = bias_row + block.first_bias
-        step_entries(rule, params + start, grads + start, moment1 + start if moment1 != NULL else NULL,
-                     moment2 + start if moment2 != NULL else NULL, block.stop_bias - block.first_bias, lr,
-                     0.0, bias_correction1, bias_correction2_sqrt)
+    for r in range(block.first_row, block.stop_row):
+        step_at(rule, params, grads, block.offset + r * block.n_out + block.first_col,
+                block.stop_col - block.first_col, lr, rule.weight_decay, bias_correction1,
+                bias_correction2_sqrt)
+    # The bias row: no weight decay.
+    step_at(rule, params, grads, bias_row + block.first_bias, block.stop_bias - block.first_bias, lr, 0.0,
+            bias_correction1, bias_correction2_sqrt)
