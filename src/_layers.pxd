@@ -100,7 +100,7 @@ cdef inline void pass_error_down(const floating* dz, Py_ssize_t m, Py_ssize_t n,
     for i in range(m):
         x_row = x + i * k
         dx_row = dx + i * k
-        # Branch-free, so that the compiler vectorises it.
+        # A select the compiler vectorises (given -fno-trapping-math, setup.py).
         for j in range(first_col, stop_col):
             v = dx_row[j] * keep_scale if x_row[j] > 0 else 0
             dx_row[j] = v
