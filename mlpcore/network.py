@@ -88,8 +88,8 @@ class Network:
 
         X is processed 2048 rows at a time, BLAS on `threads` threads (None: every core this process may
         use)."""
-        X = check.check_X(X, self.n_features_in, self.dtype)
-        return self._proba(X, check.check_threads(threads))
+        X = check.check_X(X, self.n_features_in, self.dtype, finite=False)
+        return self._proba(X, check.check_threads(threads), checked=False)
 
     def predict(self, X, *, threads=None):
         """Predicted class labels, shape (n_samples,)."""
@@ -97,34 +97,44 @@ class Network:
 
     def score(self, X, y, *, threads=None):
         """Accuracy of predict(X) against the labels y."""
-        X, labels, targets = self._check_data(X, y)
-        return self._accuracy(X, labels, targets, check.check_threads(threads))
+        X, labels, targets = self._check_data(X, y, finite=False)
+        return self._accuracy(X, labels, targets, check.check_threads(threads), checked=False)
 
     def loss(self, X, y, *, threads=None):
         """Mean cross-entropy of the network on (X, y)."""
-        X, labels, targets = self._check_data(X, y)
-        return self._mean_loss(X, labels, targets, check.check_threads(threads))
+        X, labels, targets = self._check_data(X, y, finite=False)
+        return self._mean_loss(X, labels, targets, check.check_threads(threads), checked=False)
 
-    def _proba(self, X, threads, team=False):
+    # Inference on X that `checked` says was scanned for NaN and infinity, or else whose first layer's
+    # pre-activations the compiled pass checks: only when they are not all finite is X scanned, to refuse
+    # it with the usual message (finite X whose product overflowed goes on as before).
+
+    def _proba(self, X, threads, team=False, checked=True):
         chunk = min(X.shape[0], _CHUNK_ROWS)
         workers, blas_threads = _threads.inference_team(threads, chunk, team)
         out = np.empty((X.shape[0], self.n_classes), dtype=self.dtype)
         with _threads.blas_threads(blas_threads):
-            _compiled.predict_proba(self._params, self._sizes, X, out, self._chunk_workspace(chunk, workers),
-                                chunk, workers)
+            input_finite = _compiled.predict_proba(self._params, self._sizes, X, out,
+                                                   self._chunk_workspace(chunk, workers), chunk, workers)
+        if not (input_finite or checked):
+            check.check_finite(X, "X")
         return out
 
-    def _accuracy(self, X, labels, targets, threads, team=False):
+    def _accuracy(self, X, labels, targets, threads, team=False, checked=True):
         if labels is None:
             labels = targets.argmax(axis=1)
-        return float((self._proba(X, threads, team).argmax(axis=1) == labels).mean())
+        return float((self._proba(X, threads, team, checked).argmax(axis=1) == labels).mean())
 
-    def _mean_loss(self, X, labels, targets, threads, team=False):
+    def _mean_loss(self, X, labels, targets, threads, team=False, checked=True):
         chunk = min(X.shape[0], _CHUNK_ROWS)
         workers, blas_threads = _threads.inference_team(threads, chunk, team)
         with _threads.blas_threads(blas_threads):
-            return _compiled.mean_loss(self._params, self._sizes, X, *self._target_args(labels, targets),
-                                   self._chunk_workspace(chunk, workers), chunk, workers)
+            loss, input_finite = _compiled.mean_loss(self._params, self._sizes, X,
+                                                     *self._target_args(labels, targets),
+                                                     self._chunk_workspace(chunk, workers), chunk, workers)
+        if not (input_finite or checked):
+            check.check_finite(X, "X")
+        return loss
 
     def _chunk_workspace(self, chunk, workers):
         return np.empty(_compiled.workspace_size(self._sizes, chunk, False, workers), dtype=self.dtype)
@@ -264,8 +274,8 @@ class Network:
 
     # ---------------------------------------------------------------------------------------------
 
-    def _check_data(self, X, y, one_batch=False):
-        X = check.check_X(X, self.n_features_in, self.dtype, one_batch=one_batch)
+    def _check_data(self, X, y, one_batch=False, finite=True):
+        X = check.check_X(X, self.n_features_in, self.dtype, one_batch=one_batch, finite=finite)
         labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype)
         return X, labels, targets
 

@@ -338,8 +338,9 @@ cdef void _release_team(Workspace* space, double* losses) noexcept nogil:
 
 cdef double _evaluate(const floating[::1] params, const Py_ssize_t[::1] sizes, const floating[:, ::1] X,
                       floating* out, const Py_ssize_t* labels, const floating* targets, floating[::1] work,
-                      Py_ssize_t chunk, int workers) except? -1:
-    """Run evaluate_member on a team of `workers` (see train_batches); returns the summed loss."""
+                      Py_ssize_t chunk, int workers, bint* input_finite) except? -1:
+    """Run evaluate_member on a team of `workers` (see train_batches); returns the summed loss, and
+    whether the first layer's pre-activations were all finite into input_finite."""
     cdef Py_ssize_t n_layers = sizes.shape[0] - 1
     cdef double total = 0
     cdef double* losses
@@ -355,8 +356,10 @@ cdef double _evaluate(const floating[::1] params, const Py_ssize_t[::1] sizes, c
             with parallel(num_threads=workers):
                 evaluate_member(&params[0], &sizes[0], n_layers, &X[0, 0], X.shape[0], chunk, &space, out,
                                 labels, targets, losses, mlpcore_member(), mlpcore_team_size())
+        input_finite[0] = True
         for w in range(workers):
             total += losses[w * LOSS_STRIDE]
+            input_finite[0] = input_finite[0] and losses[w * LOSS_STRIDE + 1] != 0
     _release_team(&space, losses)
     return total
 
@@ -364,21 +367,31 @@ cdef double _evaluate(const floating[::1] params, const Py_ssize_t[::1] sizes, c
 def predict_proba(const floating[::1] params, const Py_ssize_t[::1] sizes, const floating[:, ::1] X,
                   floating[:, ::1] out, floating[::1] work, Py_ssize_t chunk, int workers=1):
     """out = softmax(network(X)), `chunk` rows at a time shared out between `workers` threads (BLAS must
-    be single-threaded when workers > 1; see train_batches), the GIL released."""
+    be single-threaded when workers > 1; see train_batches), the GIL released.
+
+    Returns whether the first layer's pre-activations were all finite: False when X holds NaN or
+    infinity (or that product overflowed), which the ReLU may hide from `out`. The caller need not scan X
+    for them first."""
+    cdef bint input_finite
     _check_data(sizes, params.shape[0], X.shape[0], X.shape[1], None, out.shape[0], out.shape[1], "out")
-    _evaluate(params, sizes, X, &out[0, 0], NULL, NULL, work, chunk, workers)
+    _evaluate(params, sizes, X, &out[0, 0], NULL, NULL, work, chunk, workers, &input_finite)
+    return input_finite
 
 
 def mean_loss(const floating[::1] params, const Py_ssize_t[::1] sizes, const floating[:, ::1] X,
               const Py_ssize_t[::1] labels, const floating[:, ::1] targets, floating[::1] work,
               Py_ssize_t chunk, int workers=1):
-    """Mean cross-entropy over X, `chunk` rows at a time shared out between `workers` threads. Targets
-    are `labels` if it is not empty."""
+    """(mean cross-entropy over X, whether the first layer's pre-activations were all finite: see
+    predict_proba), `chunk` rows at a time shared out between `workers` threads. Targets are `labels` if
+    it is not empty."""
     cdef bint use_labels = labels.shape[0] > 0
+    cdef bint input_finite
+    cdef double total
     _check_data(sizes, params.shape[0], X.shape[0], X.shape[1], labels, targets.shape[0],
                 targets.shape[1])
-    return _evaluate(params, sizes, X, NULL, &labels[0] if use_labels else NULL,
-                     NULL if use_labels else &targets[0, 0], work, chunk, workers) / X.shape[0]
+    total = _evaluate(params, sizes, X, NULL, &labels[0] if use_labels else NULL,
+                      NULL if use_labels else &targets[0, 0], work, chunk, workers, &input_finite)
+    return total / X.shape[0], input_finite
 
 
 def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::1] sizes,

@@ -16,10 +16,12 @@ cdef inline void evaluate_member(const floating* params, const Py_ssize_t* sizes
                                  double* losses, int me, int team) noexcept nogil:
     """Worker `me`'s share of every `chunk` rows of X: with `out`, its rows of softmax(network(X)); else
     the summed loss of its rows, against `labels` (or the rows of `targets` if NULL), into
-    losses[me * LOSS_STRIDE]."""
+    losses[me * LOSS_STRIDE]; and 1 into losses[me * LOSS_STRIDE + 1] if the first layer's
+    pre-activations of its rows were all finite, else 0 (see _layers.dense_forward)."""
     cdef Py_ssize_t n_classes = sizes[n_layers], c, start, m, first, rows
     cdef floating* logits
     cdef double total = 0
+    cdef bint input_finite = True
     for c in range((n + chunk - 1) // chunk):
         start = c * chunk
         m = min(chunk, n - start)
@@ -27,12 +29,12 @@ cdef inline void evaluate_member(const floating* params, const Py_ssize_t* sizes
         rows = start + share_start(m, me + 1, team) - first
         if out != NULL:
             # The last layer writes its logits straight into the output rows.
-            network_forward(params, sizes, n_layers, X + start * sizes[0], first - start, rows, space.outputs,
-                            out + start * n_classes)
+            input_finite &= network_forward(params, sizes, n_layers, X + start * sizes[0], first - start,
+                                            rows, space.outputs, out + start * n_classes)
             softmax_rows(out + first * n_classes, rows, n_classes)
         else:
-            network_forward(params, sizes, n_layers, X + start * sizes[0], first - start, rows, space.outputs,
-                            NULL)
+            input_finite &= network_forward(params, sizes, n_layers, X + start * sizes[0], first - start,
+                                            rows, space.outputs, NULL)
             logits = <floating*>space.outputs[n_layers] + (first - start) * n_classes
             total += softmax_cross_entropy(logits, rows, n_classes,
                                            labels + first if labels != NULL else NULL,
@@ -42,3 +44,4 @@ cdef inline void evaluate_member(const floating* params, const Py_ssize_t* sizes
         # shorter): no one starts it before everyone has finished this one.
         barrier(team)
     losses[me * LOSS_STRIDE] = total
+    losses[me * LOSS_STRIDE + 1] = input_finite

@@ -51,13 +51,14 @@ def block_start(Py_ssize_t width, int member, int team):
 
 
 def dense_forward(const floating[:, ::1] x, const floating[:, ::1] w, floating[:, ::1] z, bint relu,
-                  Py_ssize_t first_col, Py_ssize_t stop_col):
-    """Columns first_col..stop_col-1 of z = x . w[:-1] + w[-1], ReLU applied if asked."""
+                  Py_ssize_t first_col, Py_ssize_t stop_col, bint check_finite=False):
+    """Columns first_col..stop_col-1 of z = x . w[:-1] + w[-1], ReLU applied if asked. Returns whether
+    those pre-activations were all finite (with check_finite; else True)."""
     _require(w.shape[0] == x.shape[1] + 1 and z.shape[0] == x.shape[0] and z.shape[1] == w.shape[1],
              "shapes")
     _check_range(first_col, stop_col, z.shape[1], "columns")
-    _dense_forward(&x[0, 0], x.shape[0], x.shape[1], &w[0, 0], w.shape[1], &z[0, 0], relu, first_col,
-                   stop_col)
+    return _dense_forward(&x[0, 0], x.shape[0], x.shape[1], &w[0, 0], w.shape[1], &z[0, 0], relu, first_col,
+                          stop_col, check_finite)
 
 
 def partial_product(const floating[:, ::1] x, const floating[:, ::1] w, Py_ssize_t first_feature,

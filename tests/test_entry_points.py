@@ -97,6 +97,26 @@ def test_inference_refuses_a_chunk_blas_cannot_take_and_a_wrong_output():
         _compiled.predict_proba(params, SIZES, X, np.empty((4, 2)), work, 4)
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_inference_says_whether_the_input_was_finite(workers):
+    rng = np.random.default_rng(4)
+    sizes = np.array([6, 40, 3], np.intp)
+    params = rng.normal(size=(6 + 1) * 40 + (40 + 1) * 3)
+    X = rng.normal(size=(23, 6))
+    labels = rng.integers(0, 3, 23).astype(np.intp)
+    work = np.empty(_compiled.workspace_size(sizes, 5, False, workers))
+    out = np.empty((23, 3))
+    no_targets = np.empty((0, 3))
+    assert _compiled.predict_proba(params, sizes, X, out, work, 5, workers) is True
+    loss, finite = _compiled.mean_loss(params, sizes, X, labels, no_targets, work, 5, workers)
+    assert finite is True and np.isfinite(loss)
+    for row in (0, 11, 22):  # in the first, a middle and the last chunk, each worker's rows
+        bad = X.copy()
+        bad[row, 2] = np.nan
+        assert _compiled.predict_proba(params, sizes, bad, out, work, 5, workers) is False
+        assert _compiled.mean_loss(params, sizes, bad, labels, no_targets, work, 5, workers)[1] is False
+
+
 def test_update_rules_are_explicit():
     assert _compiled.UpdateRule(_compiled.GRADIENTS_ONLY).kind == _compiled.GRADIENTS_ONLY
     assert _compiled.UpdateRule(_compiled.SGD, 0.5).lr == 0.5

@@ -65,6 +65,33 @@ def test_dense_forward_by_rows_and_by_columns(shape, team, relu, dtype):
             assert (result >= 0).all()
 
 
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_dense_forward_finds_a_non_finite_input_the_relu_would_hide(relu, bad, dtype):
+    # Every weight negative, one input column's weights zero: the bad value's pre-activations are -inf,
+    # NaN (inf * 0), or NaN, all of which the ReLU turns into 0.
+    rng = np.random.default_rng(3)
+    x, W = _layer(rng, (7, 37, 29), dtype)
+    W = -np.abs(W)
+    W[5] = 0
+    z = np.empty((7, 29), dtype)
+    for first, stop in _feature_blocks(29, 2):
+        assert _kernels.dense_forward(x, W, z, relu, first, stop, True)
+    for where in ((0, 5), (3, 0), (6, 36)):
+        bad_x = x.copy()
+        bad_x[where] = bad
+        assert not _kernels.dense_forward(bad_x, W, z, relu, 0, 29, True)
+        if relu and (bad != -np.inf or where[1] == 5):
+            assert np.isfinite(z).all()  # hidden from the output: only the check tells
+        # Each block of columns finds it on its own; without the check, nothing is said.
+        for first, stop in ((0, 10), (10, 29)):
+            assert not _kernels.dense_forward(bad_x, W, z, relu, first, stop, True)
+        assert _kernels.dense_forward(bad_x, W, z, relu, 0, 29)
+    # A finite input whose product overflows is found too.
+    big = np.full((1, 37), np.finfo(dtype).max / 4, dtype)
+    assert not _kernels.dense_forward(big, np.abs(W) + 1, np.empty((1, 29), dtype), relu, 0, 29, True)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("team", TEAMS)
 @pytest.mark.parametrize("hidden", [True, False])
