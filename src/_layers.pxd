@@ -30,16 +30,19 @@ cdef inline bint dense_forward(const floating* x, Py_ssize_t m, Py_ssize_t k, co
     cdef floating* row
     cdef floating v
     cdef Py_ssize_t i, j
-    cdef bint nonfinite = False
+    # Flags in the data's own type, one per row and one for all: the loops then vectorise in both types.
+    cdef floating row_nonfinite, nonfinite = 0
     gemm_ld(NO_TRANS, NO_TRANS, <int>m, <int>(stop_col - first_col), <int>k, <floating>1, x, <int>max(1, k),
             w + first_col, <int>n, <floating>0, z + first_col, <int>n)
     # The bias and the ReLU in one pass over the product, while it is still in cache.
     for i in range(m):
         row = z + i * n
+        row_nonfinite = 0
         if relu and check_finite:
             for j in range(first_col, stop_col):
                 v = row[j] + bias[j]
-                nonfinite |= (v - v) != 0  # NaN exactly when v is NaN or infinite; vectorises
+                # v - v is NaN exactly when v is NaN or infinite.
+                row_nonfinite = 1 if (v - v) != <floating>0 else row_nonfinite
                 row[j] = v if v > 0 else 0
         elif relu:
             for j in range(first_col, stop_col):
@@ -48,9 +51,11 @@ cdef inline bint dense_forward(const floating* x, Py_ssize_t m, Py_ssize_t k, co
         else:
             for j in range(first_col, stop_col):
                 v = row[j] + bias[j]
-                nonfinite |= check_finite and (v - v) != 0
+                if check_finite:
+                    row_nonfinite = 1 if (v - v) != <floating>0 else row_nonfinite
                 row[j] = v
-    return not nonfinite
+        nonfinite += row_nonfinite
+    return nonfinite == 0
 
 
 cdef inline void partial_product(const floating* x, Py_ssize_t m, Py_ssize_t k, const floating* w,
