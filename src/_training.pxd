@@ -32,7 +32,8 @@ from _team cimport barrier, share_start, block_start, split_by_rows, LOSS_STRIDE
 from _workspace cimport Workspace, of_layer, layer_offset, widest, partial_rows
 from _layers cimport dense_forward, partial_product, add_partial_products, pass_error_down, dropout, splitmix64
 from _head cimport softmax_cross_entropy
-from _update_rules cimport Rule, WeightBlock, write_weight_block
+from _update_rules cimport (Rule, WeightBlock, write_weight_block, flushes_subnormals,
+                            mlpcore_flush_subnormals, mlpcore_restore_subnormals)
 
 
 cdef struct TeamResult:
@@ -310,6 +311,8 @@ cdef inline void train_member(floating* params, floating* grads, const Py_ssize_
     # when split_by_rows says features; the bound of its buffers all the same).
     cdef Py_ssize_t feature_rows = partial_rows(sizes, n_layers, batch_size) if team > 1 and n_layers > 1 else 0
     cdef double batch_loss = 0, batch_correct = 0
+    cdef bint flush = flushes_subnormals(rule)
+    cdef unsigned int saved_fp_state = mlpcore_flush_subnormals() if flush else 0
     batch.sizes, batch.n_layers, batch.order, batch.labels = sizes, n_layers, order, labels
     batch.label_work, batch.losses = label_work, losses
     batch.me, batch.team = me, team
@@ -330,3 +333,5 @@ cdef inline void train_member(floating* params, floating* grads, const Py_ssize_
             result.done += 1
             result.correct += <Py_ssize_t>batch_correct
         barrier(team)
+    if flush:
+        mlpcore_restore_subnormals(saved_fp_state)

