@@ -8,7 +8,7 @@
 # weight decay never touches the bias row; mlpcore.reference writes them out.
 
 from cython cimport floating
-from libc.math cimport sqrt, sqrtf, pow
+from libc.math cimport sqrt, pow
 
 from _layers cimport weight_gradient, bias_gradient
 
@@ -90,58 +90,44 @@ cdef inline double batch_lr(const Rule* rule, Py_ssize_t batch) noexcept nogil:
     return rule.lr * (rule.lr_factors[batch] if rule.lr_factors != NULL else 1.0)
 
 
-cdef inline floating square_root(floating x) noexcept nogil:
-    if floating is float:
-        return sqrtf(x)
-    else:
-        return sqrt(x)
+cdef extern from "_step_loops.h":
+    # The loops themselves, in C: compiled for AVX2 and for the baseline, chosen at load time.
+    void mlpcore_momentum_step_f32(float* w, const float* g, float* m, ptrdiff_t n, float lr, float wd,
+                                   float mu, int nesterov) noexcept nogil
+    void mlpcore_momentum_step_f64(double* w, const double* g, double* m, ptrdiff_t n, double lr, double wd,
+                                   double mu, int nesterov) noexcept nogil
+    void mlpcore_adam_step_f32(float* w, const float* g, float* m, float* v, ptrdiff_t n, float b1, float b2,
+                               float one_minus_b1, float one_minus_b2, float wd, float decay, float step_size,
+                               float eps_hat, int decoupled) noexcept nogil
+    void mlpcore_adam_step_f64(double* w, const double* g, double* m, double* v, ptrdiff_t n, double b1,
+                               double b2, double one_minus_b1, double one_minus_b2, double wd, double decay,
+                               double step_size, double eps_hat, int decoupled) noexcept nogil
 
 
 cdef inline void step_entries(const Rule* rule, floating* w, const floating* g, floating* m, floating* v,
                               Py_ssize_t count, double lr, double weight_decay, double bias_correction1,
                               double bias_correction2_sqrt) noexcept nogil:
-    """Step `count` consecutive weights w from their gradients g, with the rule's state m (and v).
+    """Step `count` consecutive weights w from their gradients g, with the rule's state m (and v), in the
+    data's type (the loops: _step_loops.h).
 
-    Each case is its own loop over local copies of the settings, so that the compiler vectorises it."""
-    cdef Py_ssize_t i
-    cdef floating grad, buf
-    cdef floating f_lr = <floating>lr, wd = <floating>weight_decay, mu = <floating>rule.momentum
-    cdef floating b1 = <floating>rule.beta1, b2 = <floating>rule.beta2
-    cdef floating one_minus_b1 = <floating>(1.0 - rule.beta1), one_minus_b2 = <floating>(1.0 - rule.beta2)
-    # Adam's w -= (lr / c1) * m / (sqrt(v) / c2 + eps) as (lr * c2 / c1) * m / (sqrt(v) + eps * c2): the
-    # same value, one division per weight instead of two (Kingma and Ba's own form, section 2). The step
-    # is bound by its divisions and square root, which wider vectors do not speed up on this CPU.
+    Adam's w -= (lr / c1) * m / (sqrt(v) / c2 + eps) is computed as (lr * c2 / c1) * m / (sqrt(v) +
+    eps * c2): the same value, one division per weight instead of two (Kingma and Ba's own form, section
+    2); the step is bound by its divisions and square root."""
     cdef floating step_size = <floating>(lr * bias_correction2_sqrt / bias_correction1)
     cdef floating eps_hat = <floating>(rule.eps * bias_correction2_sqrt)
-    cdef floating decay = <floating>(1.0 - lr * weight_decay)
     if rule.kind == RULE_SGD_MOMENTUM:
-        if m == NULL:  # weight decay alone
-            for i in range(count):
-                w[i] = w[i] - f_lr * (g[i] + wd * w[i])
-        elif rule.nesterov:
-            for i in range(count):
-                grad = g[i] + wd * w[i]
-                buf = mu * m[i] + grad
-                m[i] = buf
-                w[i] = w[i] - f_lr * (grad + mu * buf)
+        if floating is float:
+            mlpcore_momentum_step_f32(w, g, m, count, <float>lr, <float>weight_decay, <float>rule.momentum,
+                                      rule.nesterov)
         else:
-            for i in range(count):
-                buf = mu * m[i] + (g[i] + wd * w[i])
-                m[i] = buf
-                w[i] = w[i] - f_lr * buf
-    elif rule.decoupled:
-        for i in range(count):
-            w[i] = w[i] * decay
-            grad = g[i]
-            m[i] = b1 * m[i] + one_minus_b1 * grad
-            v[i] = b2 * v[i] + one_minus_b2 * grad * grad
-            w[i] = w[i] - step_size * m[i] / (square_root(v[i]) + eps_hat)
+            mlpcore_momentum_step_f64(w, g, m, count, lr, weight_decay, rule.momentum, rule.nesterov)
+    elif floating is float:
+        mlpcore_adam_step_f32(w, g, m, v, count, <float>rule.beta1, <float>rule.beta2,
+                              <float>(1.0 - rule.beta1), <float>(1.0 - rule.beta2), <float>weight_decay,
+                              <float>(1.0 - lr * weight_decay), step_size, eps_hat, rule.decoupled)
     else:
-        for i in range(count):
-            grad = g[i] + wd * w[i]
-            m[i] = b1 * m[i] + one_minus_b1 * grad
-            v[i] = b2 * v[i] + one_minus_b2 * grad * grad
-            w[i] = w[i] - step_size * m[i] / (square_root(v[i]) + eps_hat)
+        mlpcore_adam_step_f64(w, g, m, v, count, rule.beta1, rule.beta2, 1.0 - rule.beta1, 1.0 - rule.beta2,
+                              weight_decay, 1.0 - lr * weight_decay, step_size, eps_hat, rule.decoupled)
 
 
 cdef inline void step_at(const Rule* rule, floating* params, const floating* grads, Py_ssize_t start,
