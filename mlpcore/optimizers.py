@@ -8,7 +8,8 @@ a PyTorch optimizer does: pass the same instance to continue training; a name gi
 The update formulas are PyTorch's (``torch.optim.SGD`` with dampening 0, ``Adam``, ``AdamW``), except that
 weight decay never touches the bias row; ``mlpcore.reference`` writes them out in NumPy.
 
-While an optimizer other than plain SGD trains (x86-64), mlpcore's threads flush subnormal numbers to zero:
+While any optimizer but plain SGD (SGD with neither momentum nor weight decay) trains, on x86-64,
+mlpcore's threads flush subnormal numbers to zero:
 a moment that decays where the gradient is exactly 0 would otherwise stop at the smallest subnormal for
 good, and every step on it take a slow path (3x slower epochs, measured on random data). Results differ
 from IEEE arithmetic only below 1.2e-38 (float32) or 2.2e-308 (float64); plain SGD is untouched.

@@ -348,6 +348,9 @@ cdef double _evaluate(const floating[::1] params, const Py_ssize_t[::1] sizes, c
     cdef Workspace space
     _check_rows(chunk, "chunk")
     losses = _prepare_team(&space, work, sizes, chunk, False, workers, False)
+    for w in range(workers):
+        # A slot whose worker OpenMP never started (a smaller team, or no OpenMP) saw nothing bad.
+        losses[w * LOSS_STRIDE + 1] = 1
     with nogil:
         if workers == 1:
             evaluate_member(&params[0], &sizes[0], n_layers, &X[0, 0], X.shape[0], chunk, &space, out,

@@ -11,7 +11,8 @@
 #include <math.h>
 #include <stddef.h>
 
-#if defined(__x86_64__) && defined(__has_attribute)
+/* target_clones needs the loader's ifunc: glibc on Linux (not musl, MinGW or macOS). */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
 #define MLPCORE_CLONES __attribute__((target_clones("avx2", "default")))
 #endif
@@ -23,7 +24,7 @@
 #define MLPCORE_STEP_LOOPS(T, SQRT, SUFFIX)                                                                \
 /* SGD with momentum mu (heavy-ball or Nesterov), or without (m NULL), and L2 weight decay wd. */          \
 static MLPCORE_CLONES void mlpcore_momentum_step_##SUFFIX(                                                \
-        T* restrict w, const T* restrict g, T* restrict m, ptrdiff_t n, T lr, T wd, T mu, int nesterov) { \
+        T* __restrict w, const T* __restrict g, T* __restrict m, ptrdiff_t n, T lr, T wd, T mu, int nesterov) { \
     ptrdiff_t i;                                                                                         \
     T grad, buf;                                                                                         \
     if (m == NULL) {                                                                                     \
@@ -48,7 +49,7 @@ static MLPCORE_CLONES void mlpcore_momentum_step_##SUFFIX(                      
 /* Adam with L2 weight decay wd in the gradient, or (decoupled) AdamW's w *= decay first; step_size and   \
    eps_hat carry the bias corrections (see _update_rules.step_entries). */                                \
 static MLPCORE_CLONES void mlpcore_adam_step_##SUFFIX(                                                    \
-        T* restrict w, const T* restrict g, T* restrict m, T* restrict v, ptrdiff_t n, T b1, T b2,       \
+        T* __restrict w, const T* __restrict g, T* __restrict m, T* __restrict v, ptrdiff_t n, T b1, T b2,       \
         T one_minus_b1, T one_minus_b2, T wd, T decay, T step_size, T eps_hat, int decoupled) {          \
     ptrdiff_t i;                                                                                         \
     T grad;                                                                                              \

@@ -3,6 +3,10 @@
 Python checks values before calling them; these checks are the core's own, for shapes and counts that
 would otherwise divide by zero, read or write out of bounds, or overflow BLAS's 32-bit sizes.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -115,6 +119,22 @@ def test_inference_says_whether_the_input_was_finite(workers):
         bad[row, 2] = np.nan
         assert _compiled.predict_proba(params, sizes, bad, out, work, 5, workers) is False
         assert _compiled.mean_loss(params, sizes, bad, labels, no_targets, work, 5, workers)[1] is False
+
+
+def test_inference_on_a_smaller_team_than_asked_for_says_finite():
+    # OpenMP may start fewer workers than asked (OMP_THREAD_LIMIT, or a build without OpenMP): the
+    # slots of workers that never ran must not read as having seen NaN.
+    code = (
+        "import numpy as np; from mlpcore import _compiled\n"
+        "sizes = np.array([6, 40, 3], np.intp); rng = np.random.default_rng(4)\n"
+        "params = rng.normal(size=7 * 40 + 41 * 3); X = rng.normal(size=(23, 6))\n"
+        "work = np.empty(_compiled.workspace_size(sizes, 5, False, 3))\n"
+        "print(_compiled.predict_proba(params, sizes, X, np.empty((23, 3)), work, 5, 3))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_THREAD_LIMIT": "1"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
 
 
 def test_update_rules_are_explicit():

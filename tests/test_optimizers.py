@@ -1,6 +1,8 @@
 """fit with momentum, Nesterov, Adam, AdamW, weight decay and schedules computes what the reference
 computes, batch by batch, on one thread and on teams sharing batches out by rows and by features; the
 optimizer's state carries over between fits and is rolled back with the weights."""
+import platform
+
 import numpy as np
 import pytest
 
@@ -113,6 +115,8 @@ def test_rows_scheme_with_adam_matches_the_reference(monkeypatch):
 def test_rules_with_state_flush_subnormals_and_plain_sgd_keeps_them(name, threads, dtype):
     # Input feature 0 is always 0, so its weights' gradient is exactly 0: what a step leaves in their
     # state is the state's own decay, which IEEE arithmetic would keep at a subnormal value for good.
+    if name != "sgd" and platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("subnormals are flushed on x86-64 only")
     X, y = make_problem(SIZES, N_ROWS, dtype, seed=1)
     X[:, 0] = 0
     subnormal = dtype.type(np.finfo(dtype).tiny / 4)
