@@ -121,7 +121,7 @@ def test_inference_says_whether_the_input_was_finite(workers):
         assert _compiled.mean_loss(params, sizes, bad, labels, no_targets, work, 5, workers)[1] is False
 
 
-def test_inference_on_a_smaller_team_than_asked_for_says_finite():
+def test_inference_on_a_smaller_team_than_asked_for_says_finite(tmp_path):
     # OpenMP may start fewer workers than asked (OMP_THREAD_LIMIT, or a build without OpenMP): the
     # slots of workers that never ran must not read as having seen NaN.
     code = (
@@ -131,8 +131,10 @@ def test_inference_on_a_smaller_team_than_asked_for_says_finite():
         "work = np.empty(_compiled.workspace_size(sizes, 5, False, 3))\n"
         "print(_compiled.predict_proba(params, sizes, X, np.empty((23, 3)), work, 5, 3))\n"
     )
+    # From an empty folder, so that `python -c` imports the mlpcore under test, not a source tree in the
+    # current folder.
     result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_THREAD_LIMIT": "1"},
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
 
