@@ -173,10 +173,15 @@ cdef inline void write_weight_block(const Rule* rule, floating* params, floating
     if rule.kind == RULE_ADAM:
         bias_correction1 = 1 - pow(rule.beta1, <double>(rule.step + batch + 1))
         bias_correction2_sqrt = sqrt(1 - pow(rule.beta2, <double>(rule.step + batch + 1)))
-    for r in range(block.first_row, block.stop_row):
-        step_at(rule, params, grads, block.offset + r * block.n_out + block.first_col,
-                block.stop_col - block.first_col, lr, rule.weight_decay, bias_correction1,
+    if block.first_col == 0 and block.stop_col == block.n_out:  # whole rows: one run of entries
+        step_at(rule, params, grads, block.offset + block.first_row * block.n_out,
+                (block.stop_row - block.first_row) * block.n_out, lr, rule.weight_decay, bias_correction1,
                 bias_correction2_sqrt)
+    else:
+        for r in range(block.first_row, block.stop_row):
+            step_at(rule, params, grads, block.offset + r * block.n_out + block.first_col,
+                    block.stop_col - block.first_col, lr, rule.weight_decay, bias_correction1,
+                    bias_correction2_sqrt)
     # The bias row: no weight decay.
     step_at(rule, params, grads, bias_row + block.first_bias, block.stop_bias - block.first_bias, lr, 0.0,
             bias_correction1, bias_correction2_sqrt)
