@@ -4,6 +4,7 @@ from ._version import __version__
 try:
     from . import datasets, optimizers, schedules
     from ._early_stopping import EarlyStopping
+    from ._gradcheck import gradcheck
     from .network import History, Network, TrainingDiverged, load
 except ImportError as exc:
     if "_compiled" not in str(exc):
@@ -15,4 +16,4 @@ except ImportError as exc:
         "build in place with `pip install -e .`") from exc
 
 __all__ = ["datasets", "optimizers", "schedules", "EarlyStopping", "Network", "History", "TrainingDiverged",
-           "load", "__version__"]
+           "load", "gradcheck", "__version__"]
