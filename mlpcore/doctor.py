@@ -1,6 +1,6 @@
 """mlpcore.doctor: find what keeps a hand-written network from learning, name it, and say the fix.
 
-So far (issue 12, in progress): ``check_data`` on the data itself. ``mlpcore.gradcheck`` checks a
+So far (issue 12, in progress): ``check_data`` on the data itself, ``check_batches`` on a batch maker. ``mlpcore.gradcheck`` checks a
 hand-written backprop against finite differences. Every check returns a ``Report`` of ``Finding``s: a code,
 where (layer and part, for the network's checks), a message with the numbers, and the fix.
 """
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Finding", "Report", "check_data"]
+__all__ = ["Finding", "Report", "check_data", "check_batches"]
 
 #: Inputs whose largest magnitude is above this are reported as unscaled (raw 0..255 pixels, say).
 UNSCALED_ABOVE = 10.0
@@ -189,3 +189,100 @@ def check_data(X, y, X_test=None):
             raise ValueError(f"X_test has {X_test.shape[1]} features, but X has {X.shape[1]}")
         findings += _shared_rows(X, X_test)
     return Report("check_data", findings)
+
+
+def _batch_indices(item, b, epoch, n_features, n, n_classes, onehot):
+    """The row indices a batch (Xb, Yb) of the probe carries, and how many of its labels are not theirs."""
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise ValueError(f"make_batches must yield pairs (Xb, Yb); batch {b} of epoch {epoch} is "
+                         f"{type(item).__name__}")
+    Xb, Yb = np.asarray(item[0], dtype=np.float64), np.asarray(item[1])
+    if Xb.ndim != 2 or Xb.shape[1] != n_features or len(Yb) != len(Xb):
+        raise ValueError(f"batch {b} of epoch {epoch}: Xb has shape {Xb.shape} and Yb {Yb.shape}; expected "
+                         f"(m, {n_features}) and m targets")
+    index = Xb[:, 0]
+    if not ((Xb == index[:, None]).all() and (index == np.round(index)).all() and (index >= 0).all()
+            and (index < n).all()):
+        raise ValueError("make_batches changed the values of X (scaled or transformed them?): the doctor gives "
+                         "it rows that carry their own index, and needs them back as given, only selected and "
+                         "reordered")
+    index = index.astype(np.int64)
+    labels = Yb.argmax(axis=1) if onehot else Yb.astype(np.int64)
+    return index, int((labels != index % n_classes).sum())
+
+
+def check_batches(make_batches, X, Y, *, epochs=2):
+    """Run ``make_batches(X, Y)``, a user's batch maker (an iterable of (Xb, Yb) for one epoch), on inputs
+    that carry their row index, and report what goes wrong.
+
+    The doctor calls it ``epochs`` times on arrays shaped like X and Y whose every feature of row i is i
+    and whose label is i mod K (one-hot rows if Y is 2-D); the batch maker may select and reorder rows but
+    must not change their values. Findings: ``labels-misaligned`` (a batch's labels belong to other rows
+    than its inputs: the student's shuffle bug), ``rows-dropped`` (a warning when no more than the largest
+    batch is left out, as a dropped last batch is), ``rows-repeated`` within an epoch, and ``no-reshuffle``
+    (a warning: every epoch visits the rows in the same order). Returns a Report.
+    """
+    X = _matrix(X, "X")
+    Y = np.asarray(Y)
+    n = X.shape[0]
+    if Y.ndim not in (1, 2) or Y.shape[0] != n:
+        raise ValueError(f"Y must be {n} labels or {n} target rows, got shape {Y.shape}")
+    if not callable(make_batches):
+        raise TypeError("make_batches must be callable: make_batches(X, Y) -> iterable of (Xb, Yb)")
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    onehot = Y.ndim == 2
+    n_classes = Y.shape[1] if onehot else max(2, int(np.nanmax(Y)) + 1 if Y.dtype.kind in "biuf" else 2)
+    classes = np.arange(n) % n_classes
+    X_probe = np.repeat(np.arange(n, dtype=np.float64)[:, None], X.shape[1], axis=1)
+    Y_probe = np.eye(n_classes)[classes] if onehot else classes
+    findings, codes, orders = [], set(), []
+
+    def add(finding):
+        if finding.code not in codes:
+            codes.add(finding.code)
+            findings.append(finding)
+
+    for epoch in range(1, epochs + 1):
+        try:
+            batches = list(make_batches(X_probe.copy(), Y_probe.copy()))
+        except Exception as exc:
+            raise ValueError(f"make_batches raised {type(exc).__name__}: {exc}") from exc
+        if not batches:
+            raise ValueError(f"make_batches gave no batch in epoch {epoch}")
+        seen, misaligned, largest = [], 0, 0
+        for b, item in enumerate(batches):
+            index, wrong = _batch_indices(item, b, epoch, X.shape[1], n, n_classes, onehot)
+            seen.append(index)
+            misaligned += wrong
+            largest = max(largest, len(index))
+        seen = np.concatenate(seen)
+        if misaligned:
+            add(Finding(
+                "labels-misaligned",
+                f"in epoch {epoch}, {misaligned} of {len(seen)} rows were given another row's label: the "
+                f"inputs and the labels were taken in different orders",
+                "Index X and Y with the same permutation: order = rng.permutation(n), then "
+                "X[order[start:stop]] and Y[order[start:stop]]."))
+        counts = np.bincount(seen, minlength=n)
+        dropped, repeated = int((counts == 0).sum()), int((counts > 1).sum())
+        if dropped:
+            add(Finding(
+                "rows-dropped", f"epoch {epoch} never visited {dropped} of {n} rows (e.g. row "
+                f"{int(np.flatnonzero(counts == 0)[0])})",
+                "Cover every row each epoch: let the last batch be shorter instead of leaving it out.",
+                severity="warning" if dropped <= largest else "error"))
+        if repeated:
+            add(Finding(
+                "rows-repeated", f"epoch {epoch} visited {repeated} rows more than once (row "
+                f"{int(np.flatnonzero(counts > 1)[0])} {int(counts.max())} times at most)",
+                "Draw a permutation (without replacement) and cut it into batches."))
+        orders.append(seen)
+    if epochs > 1 and all(len(o) == len(orders[0]) and (o == orders[0]).all() for o in orders[1:]):
+        in_place = len(orders[0]) == n and (orders[0] == np.arange(n)).all()
+        add(Finding(
+            "no-reshuffle",
+            "every epoch visited the rows in the same order" + (", X's own" if in_place else ""),
+            "Draw a new permutation at the start of every epoch (rng.permutation(n)), from one generator "
+            "created once, not re-seeded each epoch.", severity="warning"))
+    return Report("check_batches", findings)
