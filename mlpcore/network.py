@@ -110,14 +110,8 @@ class Network:
     # it with the usual message (finite X whose product overflowed goes on as before).
 
     def _proba(self, X, threads, team=False, checked=True):
-        chunk = min(X.shape[0], _CHUNK_ROWS)
-        workers, blas_threads = _threads.inference_team(threads, chunk, team)
         out = np.empty((X.shape[0], self.n_classes), dtype=self.dtype)
-        with _threads.blas_threads(blas_threads):
-            input_finite = _compiled.predict_proba(self._params, self._sizes, X, out,
-                                                   self._chunk_workspace(chunk, workers), chunk, workers)
-        if not (input_finite or checked):
-            check.check_finite(X, "X")
+        self._infer(_compiled.predict_proba, X, (out,), threads, team, checked)
         return out
 
     def _accuracy(self, X, labels, targets, threads, team=False, checked=True):
@@ -126,15 +120,21 @@ class Network:
         return float((self._proba(X, threads, team, checked).argmax(axis=1) == labels).mean())
 
     def _mean_loss(self, X, labels, targets, threads, team=False, checked=True):
+        return self._infer(_compiled.mean_loss, X, self._target_args(labels, targets), threads, team,
+                           checked)[0]
+
+    def _infer(self, entry, X, args, threads, team, checked):
+        """entry(params, sizes, X, *args, workspace, chunk, workers), an inference entry point, over X in
+        chunks on the threads inference uses; X refused if it holds NaN or infinity."""
         chunk = min(X.shape[0], _CHUNK_ROWS)
         workers, blas_threads = _threads.inference_team(threads, chunk, team)
         with _threads.blas_threads(blas_threads):
-            loss, input_finite = _compiled.mean_loss(self._params, self._sizes, X,
-                                                     *self._target_args(labels, targets),
-                                                     self._chunk_workspace(chunk, workers), chunk, workers)
+            result = entry(self._params, self._sizes, X, *args, self._chunk_workspace(chunk, workers), chunk,
+                           workers)
+        input_finite = result[-1] if isinstance(result, tuple) else result
         if not (input_finite or checked):
             check.check_finite(X, "X")
-        return loss
+        return result
 
     def _chunk_workspace(self, chunk, workers):
         return np.empty(_compiled.workspace_size(self._sizes, chunk, False, workers), dtype=self.dtype)

@@ -77,6 +77,12 @@ cdef struct WeightBlock:
     int n_parts
 
 
+cdef inline bint steps_from_gradient(const Rule* rule) noexcept nogil:
+    """Whether the rule has a step of its own after the gradient product (momentum, weight decay, Adam),
+    rather than none (GRADIENTS_ONLY) or one fused into the product (plain SGD)."""
+    return rule.kind == RULE_SGD_MOMENTUM or rule.kind == RULE_ADAM
+
+
 cdef inline bint flushes_subnormals(const Rule* rule) noexcept nogil:
     """Whether the workers train under mlpcore_flush_subnormals: for every rule but plain SGD (SGD with
     neither momentum nor weight decay) and the gradients alone. Moments, and weights under decay, shrink
@@ -87,7 +93,7 @@ cdef inline bint flushes_subnormals(const Rule* rule) noexcept nogil:
     on random data 83%, and the epoch 3.1x slower. Flushed, they reach 0 (as in TensorFlow's CPU
     threads). Plain SGD and the gradients alone keep IEEE arithmetic, bit for bit. Elsewhere than on
     x86-64 nothing is flushed."""
-    return rule.kind == RULE_SGD_MOMENTUM or rule.kind == RULE_ADAM
+    return steps_from_gradient(rule)
 
 
 cdef inline double batch_lr(const Rule* rule, Py_ssize_t batch) noexcept nogil:
@@ -109,15 +115,19 @@ cdef extern from "_step_loops.h":
                                double step_size, double eps_hat, int decoupled) noexcept nogil
 
 
-cdef inline void step_entries(const Rule* rule, floating* w, const floating* g, floating* m, floating* v,
-                              Py_ssize_t count, double lr, double weight_decay, double bias_correction1,
-                              double bias_correction2_sqrt) noexcept nogil:
-    """Step `count` consecutive weights w from their gradients g, with the rule's state m (and v), in the
+cdef inline void step_at(const Rule* rule, floating* params, const floating* grads, Py_ssize_t start,
+                         Py_ssize_t count, double lr, double weight_decay, double bias_correction1,
+                         double bias_correction2_sqrt) noexcept nogil:
+    """Step params[start:start + count] from the same entries of grads and of the rule's moments, in the
     data's type (the loops: _step_loops.h).
 
     Adam's w -= (lr / c1) * m / (sqrt(v) / c2 + eps) is computed as (lr * c2 / c1) * m / (sqrt(v) +
     eps * c2): the same value, one division per weight instead of two (Kingma and Ba's own form, section
     2); the step is bound by its divisions and square root."""
+    cdef floating* w = params + start
+    cdef const floating* g = grads + start
+    cdef floating* m = <floating*>rule.first_moment + start if rule.first_moment != NULL else NULL
+    cdef floating* v = <floating*>rule.second_moment + start if rule.second_moment != NULL else NULL
     cdef floating step_size = <floating>(lr * bias_correction2_sqrt / bias_correction1)
     cdef floating eps_hat = <floating>(rule.eps * bias_correction2_sqrt)
     if rule.kind == RULE_SGD_MOMENTUM:
@@ -133,17 +143,6 @@ cdef inline void step_entries(const Rule* rule, floating* w, const floating* g, 
     else:
         mlpcore_adam_step_f64(w, g, m, v, count, rule.beta1, rule.beta2, 1.0 - rule.beta1, 1.0 - rule.beta2,
                               weight_decay, 1.0 - lr * weight_decay, step_size, eps_hat, rule.decoupled)
-
-
-cdef inline void step_at(const Rule* rule, floating* params, const floating* grads, Py_ssize_t start,
-                         Py_ssize_t count, double lr, double weight_decay, double bias_correction1,
-                         double bias_correction2_sqrt) noexcept nogil:
-    """Step params[start:start + count] from the same entries of grads and of the rule's moments."""
-    cdef floating* m = <floating*>rule.first_moment
-    cdef floating* v = <floating*>rule.second_moment
-    step_entries(rule, params + start, grads + start, m + start if m != NULL else NULL,
-                 v + start if v != NULL else NULL, count, lr, weight_decay, bias_correction1,
-                 bias_correction2_sqrt)
 
 
 cdef inline void write_weight_block(const Rule* rule, floating* params, floating* grads,
@@ -168,7 +167,7 @@ cdef inline void write_weight_block(const Rule* rule, floating* params, floating
                     block.stop_col, dest + block.offset, alpha, beta)
     bias_gradient(dest + bias_row, block.first_bias, block.stop_bias, <floating**>block.column_sums,
                   block.n_parts, alpha, beta)
-    if rule.kind != RULE_SGD_MOMENTUM and rule.kind != RULE_ADAM:
+    if not steps_from_gradient(rule):
         return
     if rule.kind == RULE_ADAM:
         bias_correction1 = 1 - pow(rule.beta1, <double>(rule.step + batch + 1))
