@@ -1,14 +1,18 @@
 """mlpcore.doctor: find what keeps a hand-written network from learning, name it, and say the fix.
 
-So far (issue 12, in progress): ``check_data`` on the data itself, ``check_batches`` on a batch maker. ``mlpcore.gradcheck`` checks a
-hand-written backprop against finite differences. Every check returns a ``Report`` of ``Finding``s: a code,
-where (layer and part, for the network's checks), a message with the numbers, and the fix.
+``check_backprop`` on a hand-written backprop (it names the bug), ``check_batches`` on a batch maker,
+``check_data`` on the data itself; ``mlpcore.gradcheck`` holds a backprop to finite differences. Every check
+returns a ``Report`` of ``Finding``s: a code, where (layer and part, for the network's checks), a message
+with the numbers, and the fix. Layers are numbered like the weights list: layer 0 is W[0], the first.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Finding", "Report", "check_data", "check_batches"]
+from . import _backprop_check as backprop
+from . import reference
+
+__all__ = ["Finding", "Report", "check_backprop", "check_data", "check_batches"]
 
 #: Inputs whose largest magnitude is above this are reported as unscaled (raw 0..255 pixels, say).
 UNSCALED_ABOVE = 10.0
@@ -286,3 +290,230 @@ def check_batches(make_batches, X, Y, *, epochs=2):
             "Draw a new permutation at the start of every epoch (rng.permutation(n)), from one generator "
             "created once, not re-seeded each epoch.", severity="warning"))
     return Report("check_batches", findings)
+
+
+# -------------------------------------------------------------------------------------------------
+# check_backprop
+
+def _layer_name(layer, L):
+    return f"layer {layer} (W[{layer}], the output layer)" if layer == L - 1 else f"layer {layer} (W[{layer}])"
+
+
+def _layers_text(layers):
+    return "layer " + str(layers[0]) if len(layers) == 1 else "layers " + ", ".join(map(str, layers))
+
+
+def _bug_finding(bug, L):
+    """The Finding of a bug the doctor injected and reproduced."""
+    code, where = bug[0], bug[1]
+    hidden_all = where == "all"
+    top_hidden = L - 2
+    if code == "softmax-derivative":
+        return Finding(code, f"the error at the output is multiplied by a \"softmax derivative\" P * (1 - P): "
+                             f"{_layer_name(L - 1, L)} and every layer below get a wrong gradient",
+                       "For softmax followed by cross-entropy the error at the logits is simply P - Y (divided "
+                       "by the batch size): drop the derivative factor.", layer=L - 1, part="weights")
+    if code == "relu-derivative-at-zero":
+        layers = list(range(top_hidden, -1, -1)) if hidden_all else [where]
+        return Finding(code, f"the ReLU's derivative is taken as 1 where the pre-activation is exactly 0 "
+                             f"(z >= 0) in {'every hidden layer' if hidden_all else _layer_name(where, L)}: a "
+                             f"unit that output 0 passed nothing on and must get no gradient back",
+                       "Use (z > 0), not (z >= 0): the derivative is 0 at 0, as in PyTorch, TensorFlow and "
+                       "mlpcore.reference.", layer=layers[0], part="weights")
+    if code == "missing-relu-mask":
+        layers = list(range(top_hidden, -1, -1)) if hidden_all else [where]
+        return Finding(code, f"the error passed down to {'every hidden layer' if hidden_all else _layer_name(where, L)}"
+                             f" is not multiplied by the ReLU's derivative: units that were off (z <= 0) get "
+                             f"gradient as if they were on",
+                       "Multiply the error passed down by (z > 0), z that layer's pre-activation.",
+                       layer=layers[0], part="weights")
+    if code == "wrong-weights-in-backprop":
+        through = (f"W[{where}][:-1] instead of its transpose" if bug[2] == "transposed" else
+                   f"W[{bug[2]}] (another layer's weights) instead of W[{where}]")
+        return Finding(code, f"the error is passed down from layer {where} to layer {where - 1} through {through}",
+                       f"Pass the error down as delta @ W[{where}][:-1].T (then times the ReLU's derivative).",
+                       layer=where - 1, part="weights")
+    if code == "error-through-bias":
+        layers = list(range(L - 1, 0, -1)) if hidden_all else [where]
+        return Finding(code, f"the error passed down from {_layers_text(layers)} goes through the bias row and "
+                             f"skips the first input's row: (delta @ W.T)[:, 1:] instead of [:, :-1]",
+                       "The bias is W's last row and its input, the ones column, has no error to receive: pass "
+                       "the error down through W[:-1] (drop the last column of delta @ W.T).",
+                       layer=layers[0] - 1, part="weights")
+    raise AssertionError(code)
+
+
+def _factor_text(factor):
+    """'3 times', 'the batch size times' ... : a Factor in words."""
+    value = abs(factor.value)
+    number = "" if value == 1 else f"{value:g} times "
+    if factor.kind == "constant":
+        return f"{value:g} times"
+    return number + ("the batch size times" if factor.kind == "batch-size" else "1 / (batch size) times")
+
+
+def _scale_findings(layers, factor, bias_too, L):
+    """sign-flipped and/or gradient-scale for the layers (from the top) whose gradient is factor times
+    the right one."""
+    where = "every layer's gradient" if len(layers) == L else f"the gradient of {_layers_text(layers)}"
+    part_text = "" if bias_too else " (the weights block; the bias row is right)"
+    findings = []
+    if factor.value < 0:
+        findings.append(Finding(
+            "sign-flipped", f"{where}{part_text} has the wrong sign: it points uphill, so a step along "
+            f"-gradient makes the loss grow", "Return the gradient of the loss: the error at the output is "
+            "P - Y, not Y - P (if your update adds lr * g, return -g).", layer=layers[0], part="weights"))
+    if not (factor.kind == "constant" and abs(factor.value) == 1):
+        if factor.kind == "batch-size" and abs(factor.value) == 1:
+            what = "the sum over the batch, not the mean (the batch size times too large)"
+        else:
+            what = f"{_factor_text(factor)} the gradient of the mean cross-entropy"
+        findings.append(Finding(
+            "gradient-scale", f"{where}{part_text} is {what}",
+            "Divide by the batch size once, at the output (delta = (P - Y) / m), and multiply by nothing "
+            "else: the learning rate then means the same for every batch size.", layer=layers[0],
+            part="weights"))
+    return findings
+
+
+def _bias_text(bias):
+    """What is wrong with a bias row whose gradient matched `bias` (a Factor, or ("first-row", Factor))."""
+    if isinstance(bias, tuple):
+        what = "the error of the batch's first row only"
+    elif bias.value == 0:
+        what = "zero: the bias gets no gradient"
+    elif bias.kind == "constant" and bias.value == -1:
+        what = "of the wrong sign"
+    elif bias.kind == "per-row" and bias.value == 1:
+        what = "the mean of the rows' errors, where their sum belongs (delta already carries 1 / m)"
+    elif bias.kind == "batch-size" and bias.value == 1:
+        what = "the batch size times too large (a sum over the batch not divided by it)"
+    else:
+        what = f"{_factor_text(bias)} what it should be"
+    return what
+
+
+def _bias_finding(layers, what, L):
+    where = "every layer's bias row" if len(layers) == L else (
+        f"the bias row of {_layer_name(layers[0], L)}" if len(layers) == 1 else f"the bias rows of {_layers_text(layers)}")
+    return Finding("bias-gradient", f"the gradient of {where} is {what}",
+                   "The bias row's gradient is the ones column times the error: delta.sum(axis=0), with delta "
+                   "the same error (already divided by the batch size) as the weights'.", layer=layers[0],
+                   part="bias")
+
+
+def _mismatch_finding(layer, part, user_grads, probes, L):
+    """gradient-mismatch, with the largest difference from the exact gradient over the probes."""
+    rows = slice(None, -1) if part == "weights" else slice(-1, None)
+    worst = (-1.0, None, 0.0, 0.0, 0)
+    for grads, probe in zip(user_grads, probes):
+        exact = reference.loss_and_gradients(probe.weights, probe.X, probe.labels)[1][layer][rows]
+        mine = np.asarray(grads[layer], dtype=np.float64)[rows]
+        scale = max(np.abs(exact).max(), 1e-12)
+        with np.errstate(invalid="ignore"):
+            difference = np.where(np.isfinite(mine), np.abs(mine - exact), np.inf)
+        at = np.unravel_index(np.argmax(difference), difference.shape)
+        if difference[at] / scale > worst[0]:
+            worst = (difference[at] / scale, at, mine[at], exact[at], len(probe.X))
+    error, at, mine, exact, m = worst
+    entry = (int(at[0]) if part == "weights" else "bias", int(at[1]))
+    return Finding(
+        "gradient-mismatch",
+        f"the gradient of the {part} {'block' if part == 'weights' else 'row'} of {_layer_name(layer, L)} "
+        f"differs from the exact one (on a batch of {m}: entry {entry} is {mine:.6g}, exact {exact:.6g}; "
+        f"largest difference {error:.3g} of the part's largest entry), and no known bug reproduces it",
+        "Compare that layer's backward step with mlpcore.reference.loss_and_gradients; mlpcore.gradcheck "
+        "on your function shows which entries differ.", layer=layer, part=part)
+
+
+def _check_layer_sizes(layer_sizes):
+    try:
+        sizes = [int(s) for s in layer_sizes]
+        whole = all(float(s) == int(s) and not isinstance(s, bool) for s in layer_sizes)
+    except (TypeError, ValueError):
+        raise TypeError(f"layer_sizes must be a sequence of integers, got {layer_sizes!r}") from None
+    if not whole:
+        raise TypeError(f"layer_sizes must be a sequence of integers, got {list(layer_sizes)!r}")
+    if len(sizes) < 2 or min(sizes) < 1 or sizes[-1] < 2:
+        raise ValueError(f"layer_sizes must give at least the input and output sizes, each >= 1 with >= 2 "
+                         f"classes, e.g. [784, 300, 300, 10]; got {sizes}")
+    return sizes
+
+
+def check_backprop(func, layer_sizes, *, targets="onehot", seed=0):
+    """Run a hand-written ``func(weights, X, Y) -> (loss, grads)`` on probes, compare its gradients with the
+    exact ones and name the bug.
+
+    ``weights`` is a list of bias-augmented ``(n_in + 1, n_out)`` matrices (bias last row), for a ReLU
+    network of ``layer_sizes`` with a softmax output and the mean cross-entropy; ``Y`` is one-hot rows
+    (``targets="onehot"``) or integer labels (``targets="labels"``); ``grads`` are the gradients, shaped as
+    the weights. The doctor chooses the weights and inputs: batches of 1, 3, 8 and 16 rows, hidden
+    pre-activations exactly 0 in places, and logits near +-1000 in one probe. It recognises a bug by
+    reproducing it: it computes what the reference gives with each known bug injected (and each pair), and
+    names the variant that gives the user's numbers. Findings, each at the first layer going backwards
+    whose gradient is wrong (``layer`` numbered like the weights, ``part`` "weights" or "bias"):
+    ``softmax-derivative``, ``relu-derivative-at-zero``, ``missing-relu-mask``, ``sign-flipped``,
+    ``gradient-scale`` (a constant factor, or a sum where the mean belongs), ``wrong-weights-in-backprop``,
+    ``error-through-bias``, ``bias-gradient``, ``softmax-overflow`` (NaN or infinity with large logits), and
+    ``gradient-mismatch`` when no known bug reproduces the numbers. A correct function gets no finding.
+
+    Gradients returned in float32 are compared to a relative 1e-4, float64 ones to 1e-7. Raises ValueError
+    when func raises or returns something that is not (loss, one gradient per layer of the right shape).
+    """
+    if not callable(func):
+        raise TypeError("func must be callable: func(weights, X, Y) -> (loss, grads)")
+    sizes = _check_layer_sizes(layer_sizes)
+    if targets not in ("onehot", "labels"):
+        raise ValueError(f"targets must be 'onehot' or 'labels', got {targets!r}")
+    L = len(sizes) - 1
+    probes = backprop.make_probes(sizes, seed)
+    user = [backprop.call_user(func, probe, targets) for probe in probes]
+    finite = [all(np.isfinite(g).all() for g in grads) for grads in user]
+    findings = []
+    for grads, probe, ok in zip(user, probes, finite):
+        if not ok and not probe.large_logits:
+            layer = max(i for i, g in enumerate(grads) if not np.isfinite(g).all())
+            return Report("check_backprop", [Finding(
+                "gradient-mismatch", f"the gradient of {_layer_name(layer, L)} holds NaN or infinity on a "
+                f"batch of {len(probe.X)} with moderate inputs", "Look for a division by zero or a log of 0 "
+                "in that layer's backward step.", layer=layer, part="weights")])
+    if not all(finite):
+        findings.append(Finding(
+            "softmax-overflow", "with logits near +-1000 the gradients hold NaN or infinity: exp overflows in "
+            "a softmax that does not subtract each row's largest logit",
+            "Compute exp(z - z.max(axis=1, keepdims=True)): the same softmax, and it cannot overflow.",
+            layer=L - 1, part="weights"))
+        kept = [i for i, ok in enumerate(finite) if ok]
+        probes, user = [probes[i] for i in kept], [user[i] for i in kept]
+    tolerance = backprop.tolerance_for(user)
+    bugs, matches = backprop.search(sizes, probes, user, tolerance)
+    explained = [layer for layer in range(L - 1, -1, -1) if matches[layer] is not None]
+    findings += [_bug_finding(bug, L) for bug in sorted(bugs, key=str)]
+    # Layers whose weights are off by the same factor are one finding, at the top one.
+    run = []
+    for layer in explained + [None]:
+        factor = matches[layer].weights if layer is not None else None
+        if run and not matches[run[0]].weights.same_as(factor):
+            first = matches[run[0]].weights
+            findings += _scale_findings(run, first, all(first.same_as(matches[i].bias) for i in run), L)
+            run = []
+        if factor is not None and not factor.is_one:
+            run.append(layer)
+    # Bias rows wrong in the same way are one finding, at the top one.
+    wrong_bias = []
+    for layer in explained:
+        bias, weights = matches[layer].bias, matches[layer].weights
+        if bias is None:
+            findings.append(_mismatch_finding(layer, "bias", user, probes, L))
+        elif not weights.same_as(bias) and not backprop.ONE.same_as(bias):
+            what = _bias_text(bias)
+            if wrong_bias and wrong_bias[-1][1] == what and wrong_bias[-1][0][-1] == layer + 1:
+                wrong_bias[-1][0].append(layer)
+            else:
+                wrong_bias.append(([layer], what))
+    findings += [_bias_finding(layers, what, L) for layers, what in wrong_bias]
+    if len(explained) < L:
+        findings.append(_mismatch_finding(L - 1 - len(explained), "weights", user, probes, L))
+    findings.sort(key=lambda f: -f.layer)
+    return Report("check_backprop", findings)
+
