@@ -16,6 +16,7 @@ import numpy as np
 import scipy.linalg.blas
 
 import mlpcore
+import mlpcore.doctor
 from mlpcore import reference
 
 from _common import LAYERS, LR, RECIPE_PARTS, batch_products, batch_rows
@@ -32,6 +33,7 @@ def core_worker(data, config):
         trainers["mlpcore", dtype] = mlp
         for part in RECIPE_PARTS:
             trainers[f"mlpcore-{part}", dtype] = MlpcoreTrainer(X, y, threads, part)
+        trainers["mlpcore-monitor", dtype] = MlpcoreTrainer(X, y, threads, monitor=True)
         trainers["floor", dtype] = FloorTrainer(dtype)
         trainers["reference", dtype] = ReferenceTrainer(X, y, mlp.initial, config["reference_batches"])
         X_infer = data["infer"][dtype]
@@ -53,15 +55,18 @@ def _timed(function):
 
 class MlpcoreTrainer:
     """mlpcore's fit, one epoch per call, always from the same initial weights: plain SGD, or one of the
-    recipe's pieces (RECIPE_PARTS: a new optimizer each epoch, its state starting at zero)."""
+    recipe's pieces (RECIPE_PARTS: a new optimizer each epoch, its state starting at zero), or plain SGD
+    watched by mlpcore.doctor.Monitor (a new one each epoch)."""
 
-    def __init__(self, X, y, threads, part=None):
+    def __init__(self, X, y, threads, part=None, monitor=False):
         self.X, self.y, self.threads = X, y, threads
         self.net = mlpcore.Network(LAYERS, dtype=X.dtype.name, init="he", seed=0)
         self.initial = [W.copy() for W in self.net.weights]
-        self.part = part
+        self.part, self.monitor = part, monitor
 
     def _fit_arguments(self):
+        if self.monitor:
+            return {"lr": LR, "on_epoch_end": mlpcore.doctor.Monitor(warn=False)}
         if self.part is None:
             return {"lr": LR}
         name, settings, dropout = RECIPE_PARTS[self.part]

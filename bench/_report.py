@@ -10,6 +10,7 @@ NAMES = {"floor": "GEMM floor", "mlpcore": "mlpcore", "reference": "reference", 
 for _part in RECIPE_PARTS:
     NAMES[f"mlpcore-{_part}"] = f"mlpcore {_part}"
     NAMES[f"torch-{_part}"] = f"PyTorch {_part}"
+NAMES["mlpcore-monitor"] = "mlpcore + Monitor"
 ORDER = list(NAMES)
 
 #: The issue's targets. mlpcore's epoch vs the GEMM floor (at most), PyTorch's epoch vs mlpcore's (at least).
@@ -20,6 +21,8 @@ INFERENCE_TARGET = 1.10
 #: PyTorch's epoch with the same optimizer against mlpcore's (at least).
 ADAM_OVER_SGD_TARGETS = {128: 1.10, 32: 1.25}
 TORCH_SAME_OPTIMIZER_TARGETS = {128: 1.3, 32: 1.6}
+#: mlpcore.doctor.Monitor (issue 12): plain SGD watched by it against plain SGD alone (at most).
+MONITOR_TARGET = 1.02
 #: Peak memory of a float32 fit, above the process before it: at most the training data plus this.
 MEMORY_SLACK_MIB = 64
 #: "No growth between epochs", allowing for the odd page.
@@ -95,6 +98,9 @@ def targets(summaries, memory):
               and batch in TORCH_SAME_OPTIMIZER_TARGETS):
             check(f"PyTorch / mlpcore, same {impl[6:]}, {dtype}, batch {batch}", s["ratio_same_recipe"],
                   TORCH_SAME_OPTIMIZER_TARGETS[batch], at_most=False)
+        elif kind == "train" and impl == "mlpcore-monitor":
+            check(f"mlpcore epoch with Monitor / without, {dtype}, batch {batch}", s["ratio_mlpcore"],
+                  MONITOR_TARGET, at_most=True)
         elif kind == "infer" and impl == "mlpcore":
             check(f"mlpcore predict_proba / forward GEMM floor, {dtype}", s["ratio_floor"],
                   INFERENCE_TARGET, at_most=True)

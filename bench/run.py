@@ -152,6 +152,7 @@ def train_cases(groups, dtypes):
     cases = [("core", impl, dtype) for dtype in dtypes for impl in ("mlpcore", "floor")]
     cases += [("core", "reference", dtype) for dtype in dtypes]
     cases += [("core", f"mlpcore-{part}", dtype) for part in RECIPE_PARTS for dtype in dtypes]
+    cases += [("core", "mlpcore-monitor", dtype) for dtype in dtypes]
     cases += [(peer, peer, dtype) for peer in groups if peer != "core" for dtype in dtypes]
     if "torch" in groups:
         cases += [("torch", f"torch-{part}", dtype) for part in RECIPE_PARTS for dtype in dtypes]

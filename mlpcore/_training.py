@@ -98,6 +98,8 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
     stopping = early_stopping._start(net) if early_stopping is not None else None
     history = History()
     per_call = 1  # batches per compiled call, adapted to _SECONDS_PER_CALL from epoch to epoch
+    if hasattr(on_epoch_end, "on_fit_begin"):
+        on_epoch_end.on_fit_begin(net, X, labels if labels is not None else targets, n_batches)
 
     with _threads.blas_threads(blas_threads):
         try:

@@ -5,6 +5,8 @@
 returns a ``Report`` of ``Finding``s: a code, where (layer and part, for the network's checks), a message
 with the numbers, and the fix. Layers are numbered like the weights list: layer 0 is W[0], the first.
 """
+import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +14,7 @@ import numpy as np
 from . import _backprop_check as backprop
 from . import reference
 
-__all__ = ["Finding", "Report", "check_backprop", "check_data", "check_batches"]
+__all__ = ["Finding", "Report", "Monitor", "MonitorWarning", "check_backprop", "check_data", "check_batches"]
 
 #: Inputs whose largest magnitude is above this are reported as unscaled (raw 0..255 pixels, say).
 UNSCALED_ABOVE = 10.0
@@ -517,3 +519,114 @@ def check_backprop(func, layer_sizes, *, targets="onehot", seed=0):
     findings.sort(key=lambda f: -f.layer)
     return Report("check_backprop", findings)
 
+
+# -------------------------------------------------------------------------------------------------
+# Monitor: training health, once per epoch
+
+class MonitorWarning(UserWarning):
+    """A finding of mlpcore.doctor.Monitor, as a warning while training runs."""
+
+
+class Monitor:
+    """A callback for ``fit(..., on_epoch_end=Monitor())`` that watches training's health.
+
+    After every epoch it runs the network on one fixed batch of the training rows (``rows`` of them, drawn
+    once) and records per layer: the fraction of dead ReLUs (units that output 0 for every row of the
+    batch), the spread (standard deviation) of the hidden activations, the gradient's norm, and the
+    update-to-weight ratio: how far the epoch moved the layer's weights, ||W_end - W_start|| / ||W_start||,
+    per step (divided by the epoch's batches; steps that cancel count less). It warns (MonitorWarning, once
+    per code and layer) with a finding when:
+
+    - ``not-learning``: the loss stayed within 1% of ln K (chance) for 3 epochs;
+    - ``lr-too-high``: the loss grew 3 epochs in a row;
+    - ``dead-relus``: over 90% of a hidden layer's units are dead;
+    - ``updates-too-small`` / ``updates-too-large``: a layer's update ratio is below 1e-5 or above 1e-1.
+
+    ``records`` holds one dict per epoch, ``findings`` what was found; ``report()`` returns them as a
+    Report. With ``warn=False`` it only records. Its cost is a forward pass and a gradient on the batch
+    and a copy of the weights: about 1% of an epoch of the student's network at the default ``rows``.
+    """
+
+    #: How close to chance (relative to ln K), for how many epochs, is "not learning".
+    CHANCE_BAND, PATIENCE = 0.01, 3
+    DEAD_ABOVE = 0.9
+    UPDATE_RANGE = (1e-5, 1e-1)
+
+    def __init__(self, *, rows=256, seed=0, warn=True):
+        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
+            raise ValueError(f"rows must be an integer >= 1, got {rows!r}")
+        self.rows, self.seed, self.warn = int(rows), seed, bool(warn)
+        self.records, self.findings = [], []
+        self._net = None
+
+    def on_fit_begin(self, network, X, y, batches_per_epoch):
+        """Called by fit before the first epoch: draws the monitored batch, notes the starting weights."""
+        n = X.shape[0]
+        rows = np.sort(np.random.default_rng(self.seed).choice(n, size=min(self.rows, n), replace=False))
+        self._net, self._X, self._y = network, X[rows], y[rows]
+        self._steps = batches_per_epoch
+        self._previous = [W.copy() for W in network.weights]
+
+    def __call__(self, history):
+        if self._net is None:
+            raise RuntimeError("Monitor must be passed to fit as on_epoch_end (fit tells it the network and "
+                               "the data before the first epoch)")
+        net = self._net
+        weights = net.weights
+        layers = []
+        a = self._X
+        for i, W in enumerate(weights[:-1]):
+            z = a @ W[:-1] + W[-1]
+            a = np.maximum(z, 0)
+            layers.append({"layer": i, "dead_relus": float((z <= 0).all(axis=0).mean()),
+                           "activation_std": float(a.std())})
+        layers.append({"layer": len(weights) - 1, "dead_relus": None, "activation_std": None})
+        _, grads = net.loss_and_gradients(self._X, self._y)
+        for record, W, G, before in zip(layers, weights, grads, self._previous):
+            start = float(np.linalg.norm(before))
+            record["gradient_norm"] = float(np.linalg.norm(G))
+            record["update_ratio"] = float(np.linalg.norm(W - before)) / start / self._steps if start else math.inf
+            np.copyto(before, W)
+        self.records.append({"epoch": history.epoch[-1], "loss": history.loss[-1], "layers": layers})
+        for finding in self._findings(history.loss, net.n_classes, layers):
+            if not any(f.code == finding.code and f.layer == finding.layer for f in self.findings):
+                self.findings.append(finding)
+                if self.warn:
+                    warnings.warn(f"epoch {history.epoch[-1]}: {finding}", MonitorWarning, stacklevel=2)
+
+    def _findings(self, losses, n_classes, layers):
+        chance = math.log(n_classes)
+        recent = losses[-self.PATIENCE:]
+        if len(recent) == self.PATIENCE and all(abs(v - chance) <= self.CHANCE_BAND * chance for v in recent):
+            yield Finding(
+                "not-learning", f"the loss has stayed at {recent[-1]:.4f}, within 1% of ln {n_classes} = "
+                f"{chance:.4f} (chance), for {self.PATIENCE} epochs",
+                "Check the gradients (mlpcore.doctor.check_backprop) and the data (check_data, check_batches); "
+                "if they are right, the signal vanishes: use He initialisation instead of tiny weights, or a "
+                "larger learning rate.", severity="warning")
+        if len(losses) > self.PATIENCE and all(losses[-k] > losses[-k - 1] for k in range(1, self.PATIENCE + 1)):
+            yield Finding(
+                "lr-too-high", f"the loss grew {self.PATIENCE} epochs in a row, to {losses[-1]:.4f}",
+                "Lower the learning rate (by 3x to 10x), or use a schedule that decays it.", severity="warning")
+        low, high = self.UPDATE_RANGE
+        for record in layers:
+            layer, dead, ratio = record["layer"], record["dead_relus"], record["update_ratio"]
+            if dead is not None and dead > self.DEAD_ABOVE:
+                yield Finding(
+                    "dead-relus", f"{100 * dead:.0f}% of layer {layer}'s ReLUs output 0 for every row of the "
+                    f"monitored batch: they get no gradient and never come back", "Lower the learning rate, "
+                    "use He initialisation, and scale the inputs; a large negative bias also kills units.",
+                    layer=layer, part="weights", severity="warning")
+            if ratio < low:
+                yield Finding(
+                    "updates-too-small", f"layer {layer}'s weights move {ratio:.2g} of their size per step "
+                    f"(below {low:g}): it barely learns", "Raise the learning rate, or check that the "
+                    "gradient reaching this layer is not vanishing (tiny initial weights do that).",
+                    layer=layer, part="weights", severity="warning")
+            elif ratio > high:
+                yield Finding(
+                    "updates-too-large", f"layer {layer}'s weights move {ratio:.2g} of their size per step "
+                    f"(above {high:g})", "Lower the learning rate.", layer=layer, part="weights", severity="warning")
+
+    def report(self):
+        return Report("Monitor", self.findings)

@@ -214,7 +214,9 @@ class Network:
             between them when it has at least 16 rows per thread; otherwise BLAS gets them. BLAS's own
             thread count is restored afterwards.
         on_epoch_end : callable(history) or None
-            Called after each epoch with the History so far.
+            Called after each epoch with the History so far. If it has a method
+            ``on_fit_begin(network, X, y, batches_per_epoch)`` (as ``mlpcore.doctor.Monitor`` has), that
+            is called first, once, with the rows and targets that will be trained on.
         on_progress : callable(epoch, batches_done, n_batches) or None
             Called a few times per second at most, from between batches.
 

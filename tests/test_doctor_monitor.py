@@ -1,0 +1,166 @@
+"""mlpcore.doctor.Monitor: training health once per epoch, from fit's on_epoch_end."""
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mlpcore
+from mlpcore import doctor
+from mlpcore._training import History
+
+REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _blobs(n=600, features=20, classes=4, seed=0):
+    """Separable data: each class a shifted Gaussian blob, inputs of about unit scale."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, size=n)
+    centres = rng.normal(scale=2.0, size=(classes, features))
+    return (centres[y] + rng.normal(size=(n, features))).astype(np.float32), y
+
+
+def _fit(net, X, y, monitor, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", doctor.MonitorWarning)
+        return net.fit(X, y, on_epoch_end=monitor, seed=0, **kwargs)
+
+
+def test_records_every_layer_every_epoch_and_matches_a_direct_computation():
+    X, y = _blobs()
+    net = mlpcore.Network([20, 16, 12, 4], dtype="float64", seed=0)
+    start = [W.copy() for W in net.weights]
+    monitor = doctor.Monitor(rows=100, warn=False)
+    history = _fit(net, X, y, monitor, epochs=1, batch_size=50, lr=0.05)
+    assert len(monitor.records) == 1
+    record = monitor.records[0]
+    assert record["epoch"] == 1 and record["loss"] == history.loss[0]
+    assert [layer["layer"] for layer in record["layers"]] == [0, 1, 2]
+    # The same quantities computed here from the monitored rows (the monitor draws them with its seed).
+    rows = np.sort(np.random.default_rng(0).choice(len(X), size=100, replace=False))
+    Xb, yb = X[rows].astype(np.float64), y[rows]
+    a = Xb
+    for layer, W in zip(record["layers"][:2], net.weights[:2]):
+        z = np.hstack([a, np.ones((len(a), 1))]) @ W
+        a = np.maximum(z, 0)
+        assert layer["dead_relus"] == pytest.approx((z <= 0).all(axis=0).mean())
+        assert layer["activation_std"] == pytest.approx(a.std(), rel=1e-12)
+    assert record["layers"][2]["dead_relus"] is None
+    _, grads = mlpcore.reference.loss_and_gradients(net.weights, Xb, yb)
+    steps = 12  # ceil(600 / 50)
+    for layer, G, W, W0 in zip(record["layers"], grads, net.weights, start):
+        assert layer["gradient_norm"] == pytest.approx(np.linalg.norm(G), rel=1e-10)
+        assert layer["update_ratio"] == pytest.approx(np.linalg.norm(W - W0) / np.linalg.norm(W0) / steps,
+                                                      rel=1e-12)
+
+
+def test_a_healthy_fit_has_no_finding_and_is_unchanged_by_the_monitor():
+    X, y = _blobs()
+    plain = mlpcore.Network([20, 32, 4], seed=1)
+    watched = mlpcore.Network([20, 32, 4], seed=1)
+    plain.fit(X, y, epochs=4, batch_size=32, lr=0.05, seed=0)
+    monitor = doctor.Monitor()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", doctor.MonitorWarning)  # a warning here fails the test
+        watched.fit(X, y, epochs=4, batch_size=32, lr=0.05, seed=0, on_epoch_end=monitor)
+    assert monitor.findings == [] and monitor.report().ok
+    assert len(monitor.records) == 4
+    for a, b in zip(plain.weights, watched.weights):
+        np.testing.assert_array_equal(a, b)  # watching changes nothing
+
+
+def test_dead_relus_are_reported_for_their_layer():
+    X, y = _blobs()
+    net = mlpcore.Network([20, 16, 16, 4], seed=0)
+    weights = net.weights
+    weights[1][-1] = -1e3  # layer 1's biases: every unit off for every input
+    net.weights = weights
+    monitor = doctor.Monitor(warn=False)
+    net.fit(X, y, epochs=1, batch_size=60, lr=0.01, seed=0, on_epoch_end=monitor)
+    dead = [f for f in monitor.findings if f.code == "dead-relus"]
+    assert [(f.layer, f.part) for f in dead] == [(1, "weights")]
+    assert "100%" in dead[0].message
+    assert monitor.records[0]["layers"][1]["dead_relus"] == 1.0
+
+
+def _history(losses):
+    h = History()
+    for e, v in enumerate(losses, 1):
+        h.epoch.append(e)
+        h.loss.append(v)
+    return h
+
+
+@pytest.mark.parametrize("losses,code", [
+    ([math.log(4) * 1.005, math.log(4) * 0.995, math.log(4)], "not-learning"),
+    ([0.9, 1.0, 1.1, 1.2], "lr-too-high"),
+])
+def test_loss_rules_fire_on_the_epoch_that_completes_them(losses, code):
+    X, y = _blobs(n=100)
+    net = mlpcore.Network([20, 8, 4], seed=0)
+    monitor = doctor.Monitor(warn=False)
+    monitor.on_fit_begin(net, X, y, 4)
+    for k in range(1, len(losses) + 1):
+        monitor(_history(losses[:k]))
+        found = code in [f.code for f in monitor.findings]
+        assert found == (k == len(losses))  # not one epoch earlier
+    assert monitor.findings[-1].severity == "warning"
+
+
+@pytest.mark.parametrize("losses", [
+    [math.log(4) * 1.02, math.log(4), math.log(4)],   # one epoch outside the 1% band
+    [0.9, 1.0, 1.1, 1.05],                            # grew twice, then fell
+])
+def test_loss_rules_need_three_epochs_in_a_row(losses):
+    X, y = _blobs(n=100)
+    net = mlpcore.Network([20, 8, 4], seed=0)
+    monitor = doctor.Monitor(warn=False)
+    monitor.on_fit_begin(net, X, y, 4)
+    for k in range(1, len(losses) + 1):
+        monitor(_history(losses[:k]))
+    assert not {"not-learning", "lr-too-high"} & set(f.code for f in monitor.findings)
+
+
+@pytest.mark.filterwarnings("ignore:X has values as large as")
+def test_update_ratios_outside_the_range_are_reported():
+    X, y = _blobs()
+    tiny = mlpcore.Network([20, 16, 4], seed=0)
+    monitor = doctor.Monitor(warn=False)
+    tiny.fit(X, y, epochs=1, batch_size=60, lr=1e-7, seed=0, on_epoch_end=monitor)
+    assert {(f.code, f.layer) for f in monitor.findings} == {("updates-too-small", 0), ("updates-too-small", 1)}
+    large = mlpcore.Network([20, 16, 4], seed=0)
+    monitor = doctor.Monitor(warn=False)
+    large.fit(X * 10, y, epochs=1, batch_size=600, lr=5.0, seed=0, on_epoch_end=monitor)
+    assert "updates-too-large" in monitor.report().codes()
+
+
+def test_each_finding_is_warned_once():
+    X, y = _blobs()
+    net = mlpcore.Network([20, 16, 4], seed=0)
+    monitor = doctor.Monitor()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net.fit(X, y, epochs=3, batch_size=60, lr=1e-7, seed=0, on_epoch_end=monitor)
+    messages = [str(w.message) for w in caught if issubclass(w.category, doctor.MonitorWarning)]
+    assert len(messages) == 2 and all("updates-too-small" in m for m in messages)
+    assert len(monitor.records) == 3
+
+
+def test_a_monitor_outside_fit_and_bad_arguments_are_refused():
+    with pytest.raises(RuntimeError, match="on_epoch_end"):
+        doctor.Monitor()(_history([1.0]))
+    for rows in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="rows"):
+            doctor.Monitor(rows=rows)
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_the_students_setting_is_reported_as_not_learning():
+    (X, y), _ = mlpcore.datasets.load_fashion_mnist(REAL_DATA, verify=False)
+    net = mlpcore.Network([784, 300, 300, 10], init="normal", seed=0)
+    monitor = doctor.Monitor(warn=False)
+    net.fit(X, y, epochs=3, batch_size=600, lr=0.001, seed=0, on_epoch_end=monitor)
+    codes = monitor.report().codes()
+    assert "not-learning" in codes
+    assert "updates-too-small" in codes
