@@ -129,6 +129,9 @@ def _build_parser():
     train.add_argument("--out", type=Path, help="output folder (default: a new folder under runs/)")
     train.add_argument("--force", action="store_true", help="replace a model already in --out")
     train.add_argument("--threads", type=_positive_int, help=threads_help)
+    train.add_argument("--monitor", action="store_true",
+                       help="watch training's health after each epoch (mlpcore.doctor.Monitor): dead ReLUs, "
+                            "update-to-weight ratios, a loss stuck at chance or growing")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved model on the test set",
                                    description="Test loss, accuracy, per-class accuracy and confusion "
@@ -136,6 +139,28 @@ def _build_parser():
     evaluate.add_argument("model", type=Path, help="a model.npz written by `mlpcore train`")
     evaluate.add_argument("--data", type=Path, help=data_help)
     evaluate.add_argument("--threads", type=_positive_int, help=threads_help)
+
+    doctor = commands.add_parser(
+        "doctor", help="find the bug in a hand-written backprop, batch maker or data set",
+        description="Run mlpcore.doctor's checks and print what they find, each with its fix. Exit status: 0 "
+                    "when nothing is wrong, 1 when something is, 2 when the check could not run.",
+        epilog="examples: mlpcore doctor examples/student.py:backprop --sizes 784 300 300 10;  "
+               "mlpcore doctor --batches examples/student.py:make_batches;  "
+               "mlpcore doctor --data /usr/share/datasets/fashion-mnist")
+    doctor.add_argument("function", nargs="?", metavar="FILE.py:FUNCTION",
+                        help="a function (weights, X, Y) -> (loss, grads) to check against the exact gradients")
+    doctor.add_argument("--sizes", type=_positive_int, nargs="+", default=[784, 300, 300, 10], metavar="N",
+                        help="the network's layer sizes, input and output included (default: 784 300 300 10)")
+    doctor.add_argument("--targets", choices=["onehot", "labels"], default="onehot",
+                        help="what the function (or the batch maker) gets as Y: one-hot rows or integer labels")
+    doctor.add_argument("--batches", metavar="FILE.py:FUNCTION",
+                        help="a batch maker (X, Y) -> iterable of (Xb, Yb) for one epoch, to check instead")
+    doctor.add_argument("--rows", type=_positive_int, default=6000,
+                        help="rows given to the batch maker (default: 6000, of --sizes[0] features)")
+    doctor.add_argument("--data", type=Path, metavar="DIR|FILE.npz",
+                        help="check a data set instead: a folder of IDX files (as stored: raw pixels), or an "
+                             ".npz with arrays X and y (and X_test)")
+    doctor.add_argument("--seed", type=_seed, default=0, help="seed of the doctor's probes")
 
     commands.add_parser("info", help="version, BLAS and where the data is",
                         description="Show the mlpcore version, the BLAS in use and where Fashion-MNIST is.")
@@ -145,7 +170,7 @@ def _build_parser():
 def main(argv=None):
     try:
         args = _build_parser().parse_args(argv)
-        return {"train": _train, "evaluate": _evaluate, "info": _info}[args.command](args)
+        return {"train": _train, "evaluate": _evaluate, "doctor": _doctor, "info": _info}[args.command](args)
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -265,6 +290,8 @@ def _train(args):
               f"{row['seconds']:.1f} s", flush=True)
         rows.append(row)  # last: an epoch interrupted before this is not kept (fit rolls it back)
 
+    if args.monitor:
+        on_epoch_end = _Monitored(on_epoch_end)
     stopped = None  # why training ended early, if it did
     history = None
     try:
@@ -281,6 +308,10 @@ def _train(args):
     if stopped is not None:
         progress.close()
         print(f"\n{stopped}\nkeeping the model of the last finished epoch ({len(rows)})", file=sys.stderr)
+    if args.monitor:
+        findings = on_epoch_end.monitor.findings
+        print(f"monitor: {len(findings)} finding(s)" + (": " + ", ".join(
+            f.code + ("" if f.layer is None else f" (layer {f.layer})") for f in findings) if findings else ""))
     kept = rows[-1] if rows else None
     if history is not None and history.best_epoch is not None:
         kept = rows[history.best_epoch - 1]
@@ -304,6 +335,32 @@ def _train(args):
     if stopped is None:
         return 0
     return 130 if stopped == "interrupted" else 1
+
+
+class _Monitored:
+    """train's on_epoch_end followed by a doctor.Monitor, whose record is printed under each epoch's line and
+    whose findings are printed once, as they come."""
+
+    def __init__(self, on_epoch_end):
+        from .doctor import Monitor
+
+        self.on_epoch_end, self.monitor, self._shown = on_epoch_end, Monitor(warn=False), 0
+
+    def on_fit_begin(self, *args):
+        self.monitor.on_fit_begin(*args)
+
+    def __call__(self, history):
+        self.on_epoch_end(history)
+        self.monitor(history)
+        layers = self.monitor.records[-1]["layers"]
+        dead = "/".join(f"{100 * r['dead_relus']:.0f}%" for r in layers[:-1]) or "-"
+        updates = "/".join(f"{r['update_ratio']:.1e}" for r in layers)
+        gradients = "/".join(f"{r['gradient_norm']:.2g}" for r in layers)
+        print(f"  monitor: dead ReLUs {dead}  update/weight per step {updates}  gradient norm {gradients}",
+              flush=True)
+        for finding in self.monitor.findings[self._shown:]:
+            print(f"  doctor: {finding}".replace("\n", "\n  "), flush=True)
+        self._shown = len(self.monitor.findings)
 
 
 class _EpochProgress:
@@ -394,6 +451,107 @@ def _evaluate(args):
     for k in range(n_classes):
         print(f"  {k:>2} " + "".join(f"{c:>6}" for c in confusion[k]))
     return 0
+
+
+# -------------------------------------------------------------------------------------------------
+# doctor
+
+def _doctor(args):
+    import time
+
+    from . import doctor
+
+    chosen = [name for name, given in (("FILE.py:FUNCTION", args.function), ("--batches", args.batches),
+                                       ("--data", args.data)) if given is not None]
+    if len(chosen) != 1:
+        raise UsageError("mlpcore doctor: give one of FILE.py:FUNCTION, --batches FILE.py:FUNCTION or --data "
+                         f"DIR{'' if not chosen else ' (got ' + ' and '.join(chosen) + ')'} (see mlpcore doctor --help)")
+    started = time.perf_counter()
+    if args.data is not None:
+        X, y, X_test, what = _doctor_data(args.data)
+        print(f"mlpcore doctor: checking {what}")
+        report = doctor.check_data(X, y, X_test)
+    elif args.batches is not None:
+        make_batches = _user_function(args.batches)
+        n, K = args.rows, args.sizes[-1]
+        Y = np.eye(K)[np.arange(n) % K] if args.targets == "onehot" else np.arange(n) % K
+        print(f"mlpcore doctor: running {args.batches} on {n} rows of {args.sizes[0]} features for 2 epochs")
+        report = _user_check(args.batches, doctor.check_batches, make_batches, np.zeros((n, args.sizes[0])), Y)
+    else:
+        if len(args.sizes) < 2 or args.sizes[-1] < 2:
+            raise UsageError("mlpcore doctor: --sizes needs the input and output sizes at least, with >= 2 "
+                             "classes (e.g. --sizes 784 300 300 10)")
+        func = _user_function(args.function)
+        print(f"mlpcore doctor: checking the gradients of {args.function} on a "
+              f"{'-'.join(map(str, args.sizes))} network ({args.targets} targets)")
+        report = _user_check(args.function, doctor.check_backprop, func, args.sizes, targets=args.targets,
+                             seed=args.seed)
+    print(report)
+    print(f"({time.perf_counter() - started:.2f} s)")
+    return 0 if report.ok else 1
+
+
+def _user_check(spec, check, *args, **kwargs):
+    """check(*args, **kwargs); its ValueError (the user's function raised, or returned the wrong things)
+    as a one-line UsageError naming the function."""
+    try:
+        return check(*args, **kwargs)
+    except ValueError as exc:
+        raise UsageError(f"mlpcore doctor: {spec}: {exc}") from None
+
+
+def _user_function(spec):
+    """The function FUNCTION of FILE.py, from "FILE.py:FUNCTION"; UsageError saying what is wrong."""
+    import importlib.util
+
+    path, _, name = spec.rpartition(":")
+    if not path or not name:
+        raise UsageError(f"mlpcore doctor: expected FILE.py:FUNCTION, got {spec!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"mlpcore doctor: {path} is not a file")
+    module_name = f"_mlpcore_doctor_{path.stem}"
+    loader = importlib.util.spec_from_file_location(module_name, path)
+    if loader is None:
+        raise UsageError(f"mlpcore doctor: {path} is not a Python file")
+    module = importlib.util.module_from_spec(loader)
+    sys.path.insert(0, str(path.resolve().parent))  # the file may import its neighbours
+    try:
+        loader.loader.exec_module(module)
+    except Exception as exc:
+        raise UsageError(f"mlpcore doctor: {path} raised {type(exc).__name__} when loaded: {exc}") from None
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    func = getattr(module, name, None)
+    if not callable(func):
+        raise UsageError(f"mlpcore doctor: {path} has no function {name!r}"
+                         + ("" if func is None else f" ({name} is a {type(func).__name__})"))
+    return func
+
+
+def _doctor_data(path):
+    """(X, y, X_test, description) from a folder of IDX files, as stored, or an .npz of X, y, X_test."""
+    if path.is_dir():
+        from .datasets import load_fashion_mnist
+
+        (X, y), (X_test, _) = load_fashion_mnist(path, scale=False, verify=False, download=False)
+        return X, y, X_test, f"the data in {path} as stored ({X.dtype} images, {len(X)} for training, " \
+                             f"{len(X_test)} for testing)"
+    if not path.is_file():
+        raise UsageError(f"mlpcore doctor: --data {path}: no such file or folder")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [name for name in ("X", "y") if name not in arrays.files]
+            if missing:
+                raise UsageError(f"mlpcore doctor: {path} has no array {missing[0]!r}: it must hold X and y "
+                                 f"(and optionally X_test); it holds {', '.join(arrays.files) or 'nothing'}")
+            X, y = arrays["X"], arrays["y"]
+            X_test = arrays["X_test"] if "X_test" in arrays.files else None
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"mlpcore doctor: cannot read {path} as an .npz of arrays: {exc}") from None
+    return X, y, X_test, f"{path} ({X.shape[0]} rows{'' if X_test is None else f', {len(X_test)} test rows'})"
 
 
 # -------------------------------------------------------------------------------------------------
