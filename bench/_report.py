@@ -21,8 +21,10 @@ INFERENCE_TARGET = 1.10
 #: PyTorch's epoch with the same optimizer against mlpcore's (at least).
 ADAM_OVER_SGD_TARGETS = {128: 1.10, 32: 1.25}
 TORCH_SAME_OPTIMIZER_TARGETS = {128: 1.3, 32: 1.6}
-#: mlpcore.doctor.Monitor (issue 12): plain SGD watched by it against plain SGD alone (at most).
-MONITOR_TARGET = 1.02
+#: mlpcore.doctor.Monitor (issue 12): what it adds to a fit (the per-fit overhead with it less without it:
+#: its set-up and its call after the epoch) as a share of the epoch, at most. The whole fits' paired
+#: ratio is in the table too, but on a noisy machine it wanders by more than the 2% measured.
+MONITOR_TARGET = 0.02
 #: Peak memory of a float32 fit, above the process before it: at most the training data plus this.
 MEMORY_SLACK_MIB = 64
 #: "No growth between epochs", allowing for the odd page.
@@ -98,8 +100,11 @@ def targets(summaries, memory):
               and batch in TORCH_SAME_OPTIMIZER_TARGETS):
             check(f"PyTorch / mlpcore, same {impl[6:]}, {dtype}, batch {batch}", s["ratio_same_recipe"],
                   TORCH_SAME_OPTIMIZER_TARGETS[batch], at_most=False)
-        elif kind == "train" and impl == "mlpcore-monitor":
-            check(f"mlpcore epoch with Monitor / without, {dtype}, batch {batch}", s["ratio_mlpcore"],
+        elif kind == "train" and impl == "mlpcore-monitor" and "fit_overhead" in s:
+            plain = found[kind, "mlpcore", dtype, batch]
+            plain_overhead = statistics.median(plain["fit_overhead"])
+            added = statistics.median(s["fit_overhead"]) - plain_overhead
+            check(f"Monitor's time / mlpcore epoch, {dtype}, batch {batch}", added / (plain["median"] - plain_overhead),
                   MONITOR_TARGET, at_most=True)
         elif kind == "infer" and impl == "mlpcore":
             check(f"mlpcore predict_proba / forward GEMM floor, {dtype}", s["ratio_floor"],
