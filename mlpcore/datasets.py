@@ -105,15 +105,56 @@ def read_idx(path):
     return _parse_idx(_read_bytes(path), path)
 
 
+# numpy arrays have at most 64 dimensions; IDX headers may declare up to 255.
+_IDX_MAX_DIMS = 32
+_CHUNK = 1 << 24
+
+
 def _read_bytes(path):
-    """Return the contents of `path`, decompressed if it is gzip data."""
-    raw = Path(path).read_bytes()
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise ValueError(f"{os.fspath(path)} is a corrupt gzip file: {exc}") from exc
+    """The IDX file `path`'s bytes, decompressed if it is gzip data: the header, then exactly as many
+    bytes as it declares and one more if there is one (to tell a file that is too long). Nothing beyond
+    that is read or decompressed, so a small file that declares or inflates to gigabytes costs nothing."""
+    name = os.fspath(path)
+    if Path(path).is_dir():
+        raise ValueError(f"{name} is a folder, not an IDX file")
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+        try:
+            head = _read_at_most(stream, 4)
+            if len(head) < 4 or head[:2] != b"\0\0" or head[3] == 0 or head[3] > _IDX_MAX_DIMS:
+                return head + _read_at_most(stream, 4 * _IDX_MAX_DIMS)  # _parse_idx says what is wrong
+            dims = _read_at_most(stream, 4 * head[3])
+            if len(dims) < 4 * head[3] or head[2] not in _IDX_TYPES:
+                return head + dims
+            count = 1
+            for n in struct.unpack(f">{head[3]}I", dims):
+                count *= n
+            # Deflate inflates at most ~1032:1: what a file of this size can hold bounds the buffer too.
+            size = os.fstat(raw.fileno()).st_size
+            bound = size * 1100 if compressed else size
+            return _read_at_most(stream, min(count * _IDX_TYPES[head[2]].itemsize + 1, bound), head + dims)
+        except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as exc:
+            if not compressed:
+                raise
+            raise ValueError(f"{name} is a corrupt gzip file: {exc}") from exc
+
+
+def _read_at_most(stream, n, prefix=b""):
+    """`prefix`, then up to n bytes of `stream` (fewer at its end), as one bytearray read into in place:
+    no second copy of a large file."""
+    data = bytearray(len(prefix) + n)
+    data[:len(prefix)] = prefix
+    view, got, n = memoryview(data), len(prefix), len(prefix) + n
+    while got < n:
+        read = stream.readinto(view[got:got + _CHUNK])
+        if not read:
+            break
+        got += read
+    view.release()
+    del data[got:]
+    return data
 
 
 def _parse_idx(data, path):
@@ -133,6 +174,9 @@ def _parse_idx(data, path):
         )
     if ndim == 0:
         raise ValueError(f"{name} is not a valid IDX file: its header gives 0 dimensions")
+    if ndim > _IDX_MAX_DIMS:
+        raise ValueError(f"{name} is not a usable IDX file: its header gives {ndim} dimensions (at most "
+                         f"{_IDX_MAX_DIMS} are read)")
     header = 4 + 4 * ndim
     if len(data) < header:
         raise ValueError(
@@ -151,7 +195,7 @@ def _parse_idx(data, path):
         )
     if found > expected:
         raise ValueError(
-            f"{name} is too long: expected {expected} bytes of data after the header, found {found}"
+            f"{name} is too long: expected {expected} bytes of data after the header, found more"
         )
     # astype copies: the result owns writable memory in native byte order.
     flat = np.frombuffer(data, dtype=dtype, count=count, offset=header)
@@ -351,6 +395,8 @@ def _read_split(files, split, verify):
         )
     if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
         raise ValueError(f"{labels_path} holds label {labels.max()}, outside 0..{len(FASHION_MNIST_CLASSES) - 1}")
+    if len(images) == 0:
+        raise ValueError(f"{images_path} holds no images (its header gives shape {images.shape})")
     if len(images) != len(labels):
         raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
     return images.reshape(len(images), -1), labels.astype(np.int64)

@@ -122,7 +122,7 @@ GOOD = idx_bytes(np.arange(12, dtype=np.int32).reshape(3, 4))
     (GOOD[:9], ["truncated", "needs 12 bytes"]),
     (GOOD[:-1], ["truncated: expected 48 bytes of data after the header, found 47"]),
     (GOOD[:12], ["truncated: expected 48 bytes", "found 0"]),
-    (GOOD + b"\0", ["too long: expected 48 bytes of data after the header, found 49"]),
+    (GOOD + b"\0", ["too long: expected 48 bytes of data after the header, found more"]),
 ])
 @pytest.mark.parametrize("gz", [False, True])
 def test_read_idx_rejects_bad_files(tmp_path, data, words, gz):

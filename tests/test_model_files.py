@@ -119,7 +119,8 @@ def _rewrite(src, dst, **changes):
 @pytest.mark.parametrize("changes,words", [
     ({"weights_1": np.zeros((4, 4), np.float32)}, "weights[1] has shape (4, 4)"),
     ({"weights_2": None}, "weights_2"),
-    ({"layer_sizes": np.array([6, 8, 3])}, "weights[1] has shape (9, 5), but layer 1 needs (9, 3)"),
+    ({"layer_sizes": np.array([6, 8, 3])}, "layer sizes [6, 8, 3] give 2 layers, but it holds weights_2"),
+    ({"layer_sizes": np.array([6, 8, 3, 3])}, "weights[1] has shape (9, 5), but layer 1 needs (9, 3)"),
     ({"notes": np.zeros(2)}, "unexpected entries ['notes']"),
     ({"dtype": np.array("int8")}, "dtype"),
     ({"metadata": np.array("{not json")}, "inconsistent"),
