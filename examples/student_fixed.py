@@ -3,7 +3,9 @@
     mlpcore doctor examples/student_fixed.py:backprop --sizes 784 300 300 10
     mlpcore doctor --batches examples/student_fixed.py:make_batches
 
-The fourth fix is in the data: scale the pixels to 0..1 (X_train / 255) before training.
+The fourth fix is in the data: scale the pixels to 0..1 (X_train / 255) before training. A fifth, which
+did not stop learning but makes a loss curve scale with the batch size: backprop's loss is now the mean,
+like its gradients (the post's get_loss sums over the batch).
 """
 import numpy as np
 
@@ -56,7 +58,7 @@ def backprop(W, X, Y):
         delta[i] = (delta[i + 1] @ W[i].T)[:, :-1] * ReLU_derivative(Z[i])
 
     g = [a[i].T @ delta[i + 1] / m for i in range(len(W))]
-    return get_loss(Y, a[-1]), [-gi for gi in g]
+    return get_loss(Y, a[-1]) / m, [-gi for gi in g]  # fixed: the mean, as the gradients are
 
 
 def make_batches(X_train, Y_train):

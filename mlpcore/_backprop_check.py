@@ -292,7 +292,8 @@ def search(layer_sizes, probes, user_grads, tolerance):
 
 
 def call_user(func, probe, targets):
-    """func on copies of the probe; its gradients as float arrays, checked for count and shape."""
+    """func on copies of the probe: (its loss as a float, its gradients as float arrays), checked for
+    count and shape."""
     Y = np.eye(probe.weights[-1].shape[1])[probe.labels] if targets == "onehot" else probe.labels.copy()
     m = len(probe.X)
     what = f"on a batch of {m} row{'s' if m > 1 else ''}" + (" with large logits" if probe.large_logits else "")
@@ -305,6 +306,11 @@ def call_user(func, probe, targets):
     if not isinstance(result, (tuple, list)) or len(result) != 2:
         raise ValueError(f"the function must return (loss, grads); {what} it returned "
                          f"{type(result).__name__}")
+    try:
+        loss = float(np.asarray(result[0], dtype=np.float64).reshape(()))
+    except (TypeError, ValueError):
+        raise ValueError(f"the function's loss must be one number; {what} it returned "
+                         f"{type(result[0]).__name__} of shape {np.shape(result[0])}") from None
     grads = result[1]
     L = len(probe.weights)
     if isinstance(grads, np.ndarray) or not hasattr(grads, "__len__") or len(grads) != L:
@@ -322,4 +328,10 @@ def call_user(func, probe, targets):
             raise ValueError(f"gradient {i} has shape {g.shape}, but layer {i}'s weights have shape {W.shape} "
                              f"(n_in + 1, n_out), bias row last")
         checked.append(g)
-    return checked
+    return loss, checked
+
+
+def bias_first(weights):
+    """The same network in the other common layout, the bias as the first row (a ones column prepended to
+    each layer's input), seen by a function that expects that one: its first row is the bias."""
+    return [np.vstack([W[1:], W[:1]]) for W in weights]

@@ -142,8 +142,12 @@ def _build_parser():
 
     doctor = commands.add_parser(
         "doctor", help="find the bug in a hand-written backprop, batch maker or data set",
-        description="Run mlpcore.doctor's checks and print what they find, each with its fix. Exit status: 0 "
-                    "when nothing is wrong, 1 when something is, 2 when the check could not run.",
+        description="Run mlpcore.doctor's checks and print what they find, each with its fix. FUNCTION(W, X, Y) "
+                    "must return (loss, grads) for a ReLU network with a softmax output: W a list of "
+                    "(n_in + 1, n_out) arrays whose last row is the bias (a column of ones appended to each "
+                    "layer's input), X of shape (m, n_in), Y one-hot rows (or integer labels with --targets "
+                    "labels); loss the mean cross-entropy over the batch, grads its gradients, shaped as W. "
+                    "Exit status: 0 when nothing is wrong, 1 when something is, 2 when the check could not run.",
         epilog="examples: mlpcore doctor examples/student.py:backprop --sizes 784 300 300 10;  "
                "mlpcore doctor --batches examples/student.py:make_batches;  "
                "mlpcore doctor --data /usr/share/datasets/fashion-mnist")

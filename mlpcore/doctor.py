@@ -469,7 +469,7 @@ def check_backprop(func, layer_sizes, *, targets="onehot", seed=0):
         raise ValueError(f"targets must be 'onehot' or 'labels', got {targets!r}")
     L = len(sizes) - 1
     probes = backprop.make_probes(sizes, seed)
-    user = [backprop.call_user(func, probe, targets) for probe in probes]
+    losses, user = zip(*[backprop.call_user(func, probe, targets) for probe in probes])
     finite = [all(np.isfinite(g).all() for g in grads) for grads in user]
     findings = []
     for grads, probe, ok in zip(user, probes, finite):
@@ -488,6 +488,13 @@ def check_backprop(func, layer_sizes, *, targets="onehot", seed=0):
         kept = [i for i, ok in enumerate(finite) if ok]
         probes, user = [probes[i] for i in kept], [user[i] for i in kept]
     tolerance = backprop.tolerance_for(user)
+    if _right_with_bias_first(probes, user, tolerance):
+        return Report("check_backprop", _loss_findings(losses, probes, tolerance, backprop.bias_first) + [Finding(
+            "bias-row-first", "your function takes the bias from the first row of each W (a ones column "
+            "prepended to each layer's input), and its gradients are right in that layout; mlpcore's layout, "
+            "and the doctor's, has the bias as the last row, so nothing else was checked",
+            "Append the ones column instead of prepending it (bias last), or keep your layout and move the "
+            "row when exchanging weights with mlpcore: np.vstack([W[1:], W[:1]]).", severity="warning")])
     bugs, matches = backprop.search(sizes, probes, user, tolerance)
     explained = [layer for layer in range(L - 1, -1, -1) if matches[layer] is not None]
     findings += [_bug_finding(bug, L) for bug in sorted(bugs, key=str)]
@@ -516,8 +523,46 @@ def check_backprop(func, layer_sizes, *, targets="onehot", seed=0):
     findings += [_bias_finding(layers, what, L) for layers, what in wrong_bias]
     if len(explained) < L:
         findings.append(_mismatch_finding(L - 1 - len(explained), "weights", user, probes, L))
-    findings.sort(key=lambda f: -f.layer)
+    findings += _loss_findings(losses, probes, tolerance)
+    findings.sort(key=lambda f: (f.layer is None, -(f.layer or 0)))  # backwards from the output, the loss last
     return Report("check_backprop", findings)
+
+
+def _right_with_bias_first(probes, user, tolerance):
+    """Whether the user's gradients are exactly right for a function that keeps the bias in the first row."""
+    for probe, grads in zip(probes, user):
+        exact = reference.loss_and_gradients(backprop.bias_first(probe.weights), probe.X, probe.labels)[1]
+        for g, e, scale in zip(grads, exact, probe.scales):
+            if np.linalg.norm(g - np.vstack([e[-1:], e[:-1]])) > tolerance * (np.linalg.norm(e) + scale):
+                return False
+    return True
+
+
+def _loss_findings(losses, probes, tolerance, layout=lambda weights: weights):
+    """Warnings when the loss returned is not the mean cross-entropy (it does not change the gradients,
+    but a loss curve, or early stopping reading it, would be off). `layout` maps the probe's weights to
+    the network the function sees (backprop.bias_first for a function that takes the bias first)."""
+    ratios, first_off = [], None
+    for loss, probe in zip(losses, probes):
+        if probe.large_logits:
+            continue
+        exact = reference.loss(layout(probe.weights), probe.X, probe.labels)
+        ratio = loss / exact if np.isfinite(loss) and exact > 0 else np.nan
+        ratios.append((ratio, len(probe.X)))
+        if first_off is None and not abs(ratio - 1) <= 10 * tolerance:
+            first_off = (loss, exact, len(probe.X))
+    if first_off is None:
+        return []
+    if all(abs(r / m - 1) <= 10 * tolerance for r, m in ratios):
+        return [Finding("loss-scale", "the loss returned is the sum over the batch, where the gradients are "
+                        "those of the mean: a loss curve then grows with the batch size",
+                        "Return the mean cross-entropy: divide the summed loss by the batch size.",
+                        severity="warning")]
+    loss, exact, m = first_off
+    return [Finding("loss-mismatch", f"the loss returned is not the mean cross-entropy (on a batch of {m}: "
+                    f"{loss:.6g}, exact {exact:.6g}); the gradients are checked on their own",
+                    "Return -mean(sum(Y * log_softmax(Z), axis=1)) with Z the logits; a loss curve or early "
+                    "stopping that reads a wrong loss misleads.", severity="warning")]
 
 
 # -------------------------------------------------------------------------------------------------

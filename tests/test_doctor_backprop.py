@@ -139,7 +139,7 @@ SEEDS = [1, 2, 20, 24, 36, 170, 310, 419, 468]
 def test_the_diagnosis_does_not_depend_on_the_seed(case, seed):
     report = doctor.check_backprop(case.func, list(case.sizes), targets=case.targets, seed=seed)
     assert _where(report.errors) == case.expected, str(report)
-    assert len(report.findings) == len(case.expected), str(report)
+    assert len(report.errors) == len(case.expected), str(report)
 
 
 def test_the_same_seed_gives_the_same_report():
@@ -300,3 +300,68 @@ def test_bad_targets_are_refused(targets):
 def test_a_func_that_is_not_callable_is_a_type_error():
     with pytest.raises(TypeError):
         doctor.check_backprop("backprop", [6, 5, 3])
+
+
+# -------------------------------------------------------------------------------------------------
+# The loss, and the other common layout
+
+def _exact(weights, X, Y):
+    return reference.loss_and_gradients(weights, X, Y)
+
+
+def test_a_summed_loss_is_a_warning_and_the_gradients_still_pass():
+    def summed(weights, X, Y):
+        loss, grads = _exact(weights, X, Y)
+        return loss * len(X), grads
+    report = doctor.check_backprop(summed, [10, 7, 3])
+    assert report.ok and report.codes() == ["loss-scale"]
+    assert report.findings[0].severity == "warning" and report.findings[0].layer is None
+
+
+def test_a_wrong_loss_is_a_warning_that_shows_both_values():
+    def off(weights, X, Y):
+        loss, grads = _exact(weights, X, Y)
+        return loss + 0.5, grads
+    report = doctor.check_backprop(off, [10, 7, 3])
+    assert report.ok and report.codes() == ["loss-mismatch"]
+    assert "exact" in report.findings[0].message
+
+
+def test_a_loss_that_is_not_one_number_is_a_value_error():
+    def vector(weights, X, Y):
+        loss, grads = _exact(weights, X, Y)
+        return np.array([loss, loss]), grads
+    with pytest.raises(ValueError, match="loss must be one number"):
+        doctor.check_backprop(vector, [10, 7, 3])
+
+
+def _bias_first_backprop(weights, X, Y):
+    """A correct backprop in the other layout: ones prepended, bias in each W's first row."""
+    m = len(X)
+    a, zs = [X], []
+    for i, W in enumerate(weights):
+        z = np.hstack([np.ones((m, 1)), a[-1]]) @ W
+        zs.append(z)
+        a.append(np.maximum(z, 0) if i < len(weights) - 1 else z)
+    P = np.exp(zs[-1] - zs[-1].max(axis=1, keepdims=True))
+    P /= P.sum(axis=1, keepdims=True)
+    delta, grads = (P - Y) / m, [None] * len(weights)
+    for i in range(len(weights) - 1, -1, -1):
+        grads[i] = np.hstack([np.ones((m, 1)), a[i]]).T @ delta
+        if i:
+            delta = (delta @ weights[i][1:].T) * (zs[i - 1] > 0)
+    return -np.sum(Y * np.log(np.maximum(P, 1e-300))) / m, grads
+
+
+def test_a_correct_backprop_with_the_bias_first_is_recognised_not_called_wrong():
+    report = doctor.check_backprop(_bias_first_backprop, [12, 9, 9, 4])
+    assert report.codes() == ["bias-row-first"] and report.ok  # a warning: right, in the other layout
+
+
+def test_a_broken_backprop_with_the_bias_first_is_still_wrong():
+    def broken(weights, X, Y):
+        loss, grads = _bias_first_backprop(weights, X, Y)
+        grads[0] = grads[0] * 2
+        return loss, grads
+    report = doctor.check_backprop(broken, [12, 9, 9, 4])
+    assert not report.ok and "bias-row-first" not in report.codes()
