@@ -5,7 +5,7 @@ try:
     from . import datasets, optimizers, schedules
     from ._early_stopping import EarlyStopping
     from ._gradcheck import gradcheck
-    from .network import History, Network, TrainingDiverged, load
+    from .network import History, Network, TrainingDiverged, TrainingWarning, load
 except ImportError as exc:
     if "_compiled" not in str(exc):
         raise
@@ -16,4 +16,4 @@ except ImportError as exc:
         "build in place with `pip install -e .`") from exc
 
 __all__ = ["datasets", "optimizers", "schedules", "EarlyStopping", "Network", "History", "TrainingDiverged",
-           "load", "gradcheck", "__version__"]
+           "TrainingWarning", "load", "gradcheck", "__version__"]

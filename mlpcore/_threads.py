@@ -1,7 +1,9 @@
 """The thread policy: how many cores this process may use, how a compiled call's threads are split between a
 team of workers and BLAS, and BLAS's thread limit. Called by mlpcore's own modules (the network, its training
 loop, the command's `info`); nothing else sets threads."""
+import contextlib
 import os
+import threading
 
 import numpy as np
 
@@ -19,15 +21,117 @@ def usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def blas_threads(threads):
-    """A context manager limiting the BLAS that mlpcore calls to `threads` threads for its duration (every
-    core this process may use if None)."""
-    global _blas_controller
-    if _blas_controller is None:
-        _blas_controller = _find_blas_controller()  # inspecting the loaded libraries costs ~ms: once
-    if threads is None:
-        threads = usable_cores()
-    return _blas_controller.limit(limits=threads, user_api="blas")
+def blas_threads(threads, strict=False):
+    """A context manager holding the process-wide BLAS thread limit for its duration: `threads` (every core
+    this process may use if None) if it is the first mlpcore call in force, else the limit already in force.
+
+    A `strict` call (training, whose results depend on BLAS's thread count and which shares its cores
+    with a team) waits until the limit in force is its own or no call holds one; other calls (inference)
+    join the limit in force, unless a strict call waits (so a loop of predictions cannot starve a fit).
+    A thread that already holds the limit (fit's validation, a callback) always joins. The limit set by
+    the first call is restored when the last one ends, so concurrent calls never leave BLAS at another
+    thread count than before."""
+    return _BLAS_LIMIT.hold(usable_cores() if threads is None else threads, strict)
+
+
+class _BlasLimit:
+    """The one BLAS thread limit in force while any mlpcore call runs (see blas_threads)."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._users = 0           # calls holding the limit
+        self._limit = None        # the limit in force while _users > 0
+        self._saved = None        # each library's thread count before, restored by the last call
+        self._strict_waiting = 0
+        self._held = threading.local()
+
+    @contextlib.contextmanager
+    def hold(self, threads, strict):
+        depth = getattr(self._held, "depth", 0)
+        with self._changed:
+            if depth == 0:
+                self._strict_waiting += strict
+                try:
+                    while self._users and (self._limit != threads if strict else self._strict_waiting):
+                        self._changed.wait()
+                finally:
+                    self._strict_waiting -= strict
+            if self._users == 0:
+                global _blas_controller
+                if _blas_controller is None:
+                    _blas_controller = _find_blas_controller()  # inspecting the libraries costs ~ms: once
+                self._saved = [lib.num_threads for lib in _blas_controller.lib_controllers]
+                _set_threads(_blas_controller, [threads] * len(self._saved))
+                self._limit = threads
+            self._users += 1
+        self._held.depth = depth + 1
+        try:
+            yield self._limit
+        finally:
+            self._held.depth = depth
+            with self._changed:
+                self._users -= 1
+                if self._users == 0:
+                    _set_threads(_blas_controller, self._saved)
+                    self._limit = self._saved = None
+                    self._changed.notify_all()
+
+
+_BLAS_LIMIT = _BlasLimit()
+
+
+def _set_threads(controller, counts):
+    """Set each BLAS library's thread count, from whichever thread calls (under _BlasLimit's lock).
+
+    threadpoolctl (>= 3.6) ignores OpenBLAS's set_num_threads from any thread but the first that called
+    it, to keep threads from fighting over the process-wide setting; so a limit restored by the last
+    mlpcore call, made in another thread, was dropped and OpenBLAS stayed at 1 thread. Here one lock
+    already serialises every change, so its unguarded setter is used where it has one."""
+    for lib, count in zip(controller.lib_controllers, counts):
+        getattr(lib, "_real_set_num_threads", lib.set_num_threads)(count)
+
+
+class ReadWriteLock:
+    """A Network's lock: compiled calls that read its weights share it, those that write them (training)
+    hold it alone, so a reader sees the weights between two compiled calls, never half-written. Writers
+    go first: a reader arriving while one waits waits too."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def reading(self):
+        with self._changed:
+            while self._writing or self._writers_waiting:
+                self._changed.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def writing(self):
+        with self._changed:
+            self._writers_waiting += 1
+            try:
+                while self._writing or self._readers:
+                    self._changed.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._writing = False
+                self._changed.notify_all()
 
 
 def _find_blas_controller():

@@ -2,6 +2,7 @@
 History, the rollback to the last finished epoch) and the one-batch call of train_step and
 loss_and_gradients. Called by Network only, with arguments it has checked."""
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,20 +43,62 @@ class History:
 
 
 class TrainingDiverged(ValueError):
-    """The loss or the weights became NaN or infinite; the weights are left as they were before."""
+    """The loss or the weights became NaN or infinite; the weights are left as they were before.
+    ``history`` is the History of the epochs that finished (None outside fit)."""
+
+    def __init__(self, message, history=None):
+        super().__init__(message)
+        self.history = history
 
 
-def one_batch_of_all_rows(net, X, labels, targets, grads, rule):
+class TrainingWarning(UserWarning):
+    """fit's warning that training goes wrong while staying finite: the loss far above where it started
+    or chance, or stuck at chance."""
+
+
+#: The loss above this many times ln K (chance), or its first epoch's value, is divergence that stays
+#: finite.
+DIVERGING_FACTOR = 10
+#: Epochs with the loss within 1% of ln K (chance) before fit warns that the network does not learn.
+CHANCE_EPOCHS = 5
+
+
+def _warn_if_unhealthy(history, n_classes, warned):
+    """Warn (once per kind and fit) when the epochs so far show divergence that stays finite, or a loss
+    stuck at chance."""
+    chance, losses = np.log(n_classes), history.loss
+    if "diverging" not in warned and losses[-1] > DIVERGING_FACTOR * min(losses[0], chance):
+        warned.add("diverging")
+        warnings.warn(f"training is diverging: the loss is {losses[-1]:.4g} after epoch {history.epoch[-1]} (epoch "
+                      f"1: {losses[0]:.4g}; chance: ln {n_classes} = {chance:.3f}). Lower the learning rate "
+                      "(10x), or scale the inputs", TrainingWarning, stacklevel=4)
+    recent = losses[-CHANCE_EPOCHS:]
+    if ("chance" not in warned and len(recent) == CHANCE_EPOCHS
+            and all(abs(v - chance) <= 0.01 * chance for v in recent)):
+        warned.add("chance")
+        warnings.warn(f"the network is not learning: the loss has stayed at chance (ln {n_classes} = {chance:.3f}) "
+                      f"for {CHANCE_EPOCHS} epochs. Check the data and gradients (mlpcore.doctor), use He "
+                      "initialisation, or raise the learning rate", TrainingWarning, stacklevel=4)
+
+
+def one_batch_of_all_rows(net, X, labels, targets, grads, rule, writes=False):
     """The whole of X as one batch of `net`, through the update rule `rule`: (summed loss, batches done).
 
-    The rows are taken in place, not gathered, so train_batches needs no label_work."""
+    The rows are taken in place, not gathered, so train_batches needs no label_work. With `writes` (the
+    rule steps the weights), a step whose loss or weights are not finite is undone (batches done: 0),
+    under the network's lock, so no reader sees it."""
     n = X.shape[0]
     workers, blas_threads = _threads.team(None, n)
     work = np.empty(_compiled.workspace_size(net._sizes, n, False, workers, True), dtype=net.dtype)
-    with _threads.blas_threads(blas_threads):
-        return _compiled.train_batches(
+    with _threads.blas_threads(blas_threads, strict=True), (net._lock.writing() if writes else net._lock.reading()):
+        before = net._params.copy() if writes else None
+        total, done, right = _compiled.train_batches(
             net._params, grads, net._sizes, X, *net._target_args(labels, targets),
             _ROWS_IN_ORDER, n, 0, 1, rule, work, _NO_LABEL_WORK, workers)
+        if writes and (done == 0 or not np.isfinite(net._params).all()):
+            net._params[...] = before
+            done = 0
+    return total, done, right
 
 
 def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, schedule, dropout,
@@ -97,11 +140,12 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
     last_good = net._params.copy(), optimizer._snapshot()
     stopping = early_stopping._start(net) if early_stopping is not None else None
     history = History()
+    warned = set()  # _warn_if_unhealthy's kinds already warned in this fit
     per_call = 1  # batches per compiled call, adapted to _SECONDS_PER_CALL from epoch to epoch
     if hasattr(on_epoch_end, "on_fit_begin"):
         on_epoch_end.on_fit_begin(net, X, labels if labels is not None else targets, n_batches)
 
-    with _threads.blas_threads(blas_threads):
+    with _threads.blas_threads(blas_threads, strict=True):
         try:
             for epoch in range(1, epochs + 1):
                 started = time.perf_counter()
@@ -114,9 +158,10 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
                 while batch < n_batches:
                     stop = min(n_batches, batch + per_call)
                     call_started = time.perf_counter()
-                    loss_sum, done, right = _compiled.train_batches(
-                        net._params, grads, net._sizes, X, *label_args, order, batch_size,
-                        batch, stop, rule, work, label_work, workers, **extra)
+                    with net._lock.writing():
+                        loss_sum, done, right = _compiled.train_batches(
+                            net._params, grads, net._sizes, X, *label_args, order, batch_size,
+                            batch, stop, rule, work, label_work, workers, **extra)
                     total += loss_sum
                     correct += right
                     batch += done
@@ -124,7 +169,7 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
                         raise TrainingDiverged(
                             f"training diverged: the loss became NaN or infinite at epoch {epoch}, "
                             f"batch {batch + 1} of {n_batches} (lr={lr:g}). Lower lr, or scale "
-                            "the inputs")
+                            "the inputs", history)
                     if on_progress is not None:
                         on_progress(epoch, batch, n_batches)
                     per_call = _next_call_size(per_call, done, time.perf_counter() - call_started)
@@ -132,7 +177,7 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
                 if not np.isfinite(net._params).all():
                     raise TrainingDiverged(
                         f"training diverged: the weights became NaN or infinite in epoch {epoch} "
-                        f"(lr={lr:g}). Lower lr, or scale the inputs")
+                        f"(lr={lr:g}). Lower lr, or scale the inputs", history)
                 seconds = time.perf_counter() - started
                 if validation is not None:
                     X_val, val_labels, val_targets = validation
@@ -144,6 +189,7 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
                 history.accuracy.append(correct / n)
                 history.lr.append(float(lr * factors[-1]))
                 history.seconds.append(seconds)
+                _warn_if_unhealthy(history, net.n_classes, warned)
                 stop_now = stopping is not None and stopping.after_epoch(history, net._params)
                 if on_epoch_end is not None:
                     on_epoch_end(history)
@@ -156,12 +202,14 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
         except BaseException:
             # Whatever stopped the epoch (divergence, Ctrl-C, a failing callback), the weights and the
             # optimizer's state go back to the end of the last finished epoch: never half an epoch.
-            np.copyto(net._params, last_good[0])
+            with net._lock.writing():
+                np.copyto(net._params, last_good[0])
             optimizer._restore(last_good[1])
             raise
     if stopping is not None:
         history.best_epoch = stopping.best_epoch
-        stopping.finish(net)
+        with net._lock.writing():
+            stopping.finish(net)
     return history
 
 

@@ -8,7 +8,7 @@ from . import _compiled, _model_files, _threads, _training, optimizers, schedule
 from ._early_stopping import check_early_stopping
 from . import _validation as check
 from ._initialisation import INITS, initial_weights  # noqa: F401  (INITS stays importable from here)
-from ._training import History, TrainingDiverged  # noqa: F401  (History stays importable from here)
+from ._training import History, TrainingDiverged, TrainingWarning  # noqa: F401  (importable from here)
 
 # Rows per block for predict_proba and loss: large enough for BLAS to run at full speed, small enough that
 # the workspace stays a few MiB whatever the size of X.
@@ -48,8 +48,19 @@ class Network:
         self._shapes = [(n_in + 1, n_out)
                         for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:])]
         self._params = np.empty(sum(r * c for r, c in self._shapes), dtype=self.dtype)
+        # Compiled calls read _params under it, training writes them under it alone (see _threads).
+        self._lock = _threads.ReadWriteLock()
         self.weights = initial_weights(self._shapes, init, np.random.default_rng(seed))
         self.metadata = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = _threads.ReadWriteLock()
 
     # ---------------------------------------------------------------------------------------------
     # Weights
@@ -62,8 +73,9 @@ class Network:
     def weights(self, new_weights):
         checked = check.check_weights(new_weights, self.layer_sizes, self.dtype)
         # Every array is checked before any is copied: a rejected list leaves the network as it was.
-        for view, W in zip(self.weights, checked):
-            view[...] = W
+        with self._lock.writing():
+            for view, W in zip(self.weights, checked):
+                view[...] = W
 
     @property
     def n_features_in(self):
@@ -112,6 +124,9 @@ class Network:
     def _proba(self, X, threads, team=False, checked=True):
         out = np.empty((X.shape[0], self.n_classes), dtype=self.dtype)
         self._infer(_compiled.predict_proba, X, (out,), threads, team, checked)
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            self._overflow(f"in {np.count_nonzero(bad)} of {X.shape[0]} rows (the first: row {np.argmax(bad)})")
         return out
 
     def _accuracy(self, X, labels, targets, threads, team=False, checked=True):
@@ -120,17 +135,25 @@ class Network:
         return float((self._proba(X, threads, team, checked).argmax(axis=1) == labels).mean())
 
     def _mean_loss(self, X, labels, targets, threads, team=False, checked=True):
-        return self._infer(_compiled.mean_loss, X, self._target_args(labels, targets), threads, team,
-                           checked)[0]
+        value = self._infer(_compiled.mean_loss, X, self._target_args(labels, targets), threads, team,
+                            checked)[0]
+        if not np.isfinite(value):
+            self._overflow(f"for these {X.shape[0]} rows")
+        return value
+
+    def _overflow(self, where):
+        """Finite X whose logits overflowed the dtype: an error that says so, never NaN as an answer."""
+        raise ValueError(f"the logits overflow {self.dtype.name} {where}: the weights are too large for these "
+                         "inputs. Scale the inputs" + (", or use float64" if self.dtype == np.float32 else ""))
 
     def _infer(self, entry, X, args, threads, team, checked):
         """entry(params, sizes, X, *args, workspace, chunk, workers), an inference entry point, over X in
         chunks on the threads inference uses; X refused if it holds NaN or infinity."""
         chunk = min(X.shape[0], _CHUNK_ROWS)
         workers, blas_threads = _threads.inference_team(threads, chunk, team)
-        with _threads.blas_threads(blas_threads):
-            result = entry(self._params, self._sizes, X, *args, self._chunk_workspace(chunk, workers), chunk,
-                           workers)
+        work = self._chunk_workspace(chunk, workers)
+        with _threads.blas_threads(blas_threads), self._lock.reading():
+            result = entry(self._params, self._sizes, X, *args, work, chunk, workers)
         input_finite = result[-1] if isinstance(result, tuple) else result
         if not (input_finite or checked):
             check.check_finite(X, "X")
@@ -158,11 +181,10 @@ class Network:
         """One step of gradient descent on the batch (X, y), in place. Returns the loss before the step."""
         X, labels, targets = self._check_data(X, y, one_batch=True)
         lr = check.check_learning_rate(lr)
-        before = self._params.copy()
         total, done, _ = _training.one_batch_of_all_rows(
-            self, X, labels, targets, np.empty_like(self._params), _compiled.UpdateRule(_compiled.SGD, lr))
-        if done == 0 or not np.isfinite(self._params).all():
-            self._params[...] = before
+            self, X, labels, targets, np.empty_like(self._params), _compiled.UpdateRule(_compiled.SGD, lr),
+            writes=True)
+        if done == 0:
             raise TrainingDiverged(
                 f"the step produced a non-finite loss or weights (lr={lr:g}); the weights were "
                 "left as they were. Lower lr, or scale the inputs")
@@ -272,7 +294,9 @@ class Network:
         The file holds the layer sizes, the dtype, the weights and ``metadata`` (with the mlpcore
         version added); ``mlpcore.load(path)`` gives back bit-identical weights.
         """
-        _model_files.write(path, self.layer_sizes, self.dtype, self.weights, self.metadata)
+        with self._lock.reading():
+            weights = [W.copy() for W in self.weights]
+        _model_files.write(path, self.layer_sizes, self.dtype, weights, self.metadata)
 
     # ---------------------------------------------------------------------------------------------
 
