@@ -98,10 +98,17 @@ def check_seed(seed):
     return check_integer_at_least(seed, "seed", 0)
 
 
+#: More threads than this is a typo (BLAS libraries take a C int, and no machine has this many cores).
+MAX_THREADS = 2**16
+
+
 def check_threads(threads):
     if threads is None:
         return None
-    return check_positive_int(threads, "threads")
+    threads = check_positive_int(threads, "threads")
+    if threads > MAX_THREADS:
+        raise ValueError(f"threads must be at most {MAX_THREADS}, got {threads}")
+    return threads
 
 
 def check_callback(callback, name):

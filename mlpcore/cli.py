@@ -6,7 +6,10 @@ import csv
 import datetime
 import json
 import os
+import signal
 import sys
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +77,8 @@ def _number_in(low, high, what, high_open=False):
 
 
 _positive_int = _integer_at_least(1, "a positive integer")
+_threads_count = _argument(int, check.check_threads, "a positive integer",
+                           f"a positive integer up to {check.MAX_THREADS}")
 _seed = _integer_at_least(0, "a non-negative integer")
 _learning_rate = _argument(float, check.check_learning_rate, "a positive number", "a finite number > 0")
 
@@ -128,7 +133,7 @@ def _build_parser():
     train.add_argument("--data", type=Path, help=data_help)
     train.add_argument("--out", type=Path, help="output folder (default: a new folder under runs/)")
     train.add_argument("--force", action="store_true", help="replace a model already in --out")
-    train.add_argument("--threads", type=_positive_int, help=threads_help)
+    train.add_argument("--threads", type=_threads_count, help=threads_help)
     train.add_argument("--monitor", action="store_true",
                        help="watch training's health after each epoch (mlpcore.doctor.Monitor): dead ReLUs, "
                             "update-to-weight ratios, a loss stuck at chance or growing")
@@ -138,7 +143,7 @@ def _build_parser():
                                                "matrix of a saved model.")
     evaluate.add_argument("model", type=Path, help="a model.npz written by `mlpcore train`")
     evaluate.add_argument("--data", type=Path, help=data_help)
-    evaluate.add_argument("--threads", type=_positive_int, help=threads_help)
+    evaluate.add_argument("--threads", type=_threads_count, help=threads_help)
 
     doctor = commands.add_parser(
         "doctor", help="find the bug in a hand-written backprop, batch maker or data set",
@@ -171,7 +176,18 @@ def _build_parser():
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings (unscaled inputs, training that diverges) as one line each, without a source location."""
+    print(f"mlpcore: warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv=None):
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv):
     try:
         args = _build_parser().parse_args(argv)
         return {"train": _train, "evaluate": _evaluate, "doctor": _doctor, "info": _info}[args.command](args)
@@ -182,6 +198,10 @@ def main(argv=None):
         # Missing or unreadable files, folders that cannot be written, bad models and data: what went
         # wrong, without a traceback.
         print(f"mlpcore: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        print(f"mlpcore: error: not enough memory{': ' + str(exc) if str(exc) else ''} (smaller --hidden or "
+              "--batch-size?)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mlpcore: interrupted", file=sys.stderr)
@@ -298,6 +318,7 @@ def _train(args):
         on_epoch_end = _Monitored(on_epoch_end)
     stopped = None  # why training ended early, if it did
     history = None
+    signalled = _StopOnSignals()
     try:
         history = net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                           schedule=schedule, dropout=chosen["dropout"],
@@ -309,6 +330,10 @@ def _train(args):
         stopped = "interrupted"
     except TrainingDiverged as exc:
         stopped = f"diverged: {exc}"
+    finally:
+        signalled.restore()
+    if stopped == "interrupted" and signalled.number is not None:
+        stopped = f"interrupted by {signal.Signals(signalled.number).name}"
     if stopped is not None:
         progress.close()
         print(f"\n{stopped}\nkeeping the model of the last finished epoch ({len(rows)})", file=sys.stderr)
@@ -323,9 +348,9 @@ def _train(args):
         print(f"early stopping: {ended}; keeping epoch {history.best_epoch}, the best by "
               f"{early_stopping.monitor}")
 
+    interrupted = stopped is not None and stopped.startswith("interrupted")
     net.metadata = {"settings": settings, "epochs_trained": len(rows), "final": kept,
-                    "interrupted": stopped == "interrupted",
-                    "diverged": stopped is not None and stopped != "interrupted"}
+                    "interrupted": interrupted, "diverged": stopped is not None and not interrupted}
     net.save(out / "model.npz")
     _write_history(out, rows)
     plotted = _plot(out / "curves.png", rows)
@@ -338,7 +363,36 @@ def _train(args):
         print("curves.png not drawn: matplotlib is not installed (pip install 'mlpcore[plot]')")
     if stopped is None:
         return 0
-    return 130 if stopped == "interrupted" else 1
+    if not interrupted:
+        return 1
+    # The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP).
+    return 128 + (signalled.number or signal.SIGINT)
+
+
+class _StopOnSignals:
+    """While training, SIGTERM and SIGHUP (a batch scheduler's time-out or preemption, `timeout`, a closed
+    terminal) stop it as Ctrl-C does: fit rolls back to the last finished epoch and train saves it.
+    `number` is the signal received, if one was."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+    def __init__(self):
+        self.number = None
+        self._previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers (main() called from another thread)
+        for number in self.SIGNALS:
+            self._previous[number] = signal.signal(number, self._stop)
+
+    def _stop(self, number, frame):
+        if self.number is None:
+            self.number = number
+            raise KeyboardInterrupt
+
+    def restore(self):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
 
 
 class _Monitored:
@@ -435,6 +489,10 @@ def _evaluate(args):
 
     net = load(args.model)
     _, (X_test, y_test) = _load_data(args.data, net.dtype)
+    data_classes = int(y_test.max()) + 1
+    if net.n_features_in != X_test.shape[1] or net.n_classes < data_classes:
+        raise UsageError(f"mlpcore evaluate: {args.model} is a {'-'.join(map(str, net.layer_sizes))} network; the "
+                         f"test set has {X_test.shape[1]} features and {data_classes} classes")
     proba = net.predict_proba(X_test, threads=args.threads)
     predicted = proba.argmax(axis=1)
     n_classes = net.n_classes
