@@ -93,18 +93,30 @@ def make_probe(layer_sizes, m, rng, large_logits=False):
 
 
 def gradient_scales(weights, X, labels):
-    """Per layer, a bound on the size of the terms its gradient sums, ||[a, 1]|| ||P - T|| times the
-    norms of the weights the error passes through: rounding noise is this times the machine epsilon,
-    whatever the gradient itself (which may cancel to 0). ||P - T|| is not divided by the batch size,
-    so the bound holds for a gradient summed over the batch too."""
+    """Per layer, the size of the terms its gradient sums: rounding noise is about this times the machine
+    epsilon, whatever the gradient itself (which may cancel to 0).
+
+    That is || |[a, 1]|^T N || with N the size of the error's noise, in epsilons: at the output
+    |P - T| + P + |T| (P itself is rounded: where P = T, P - T is noise of P's size), divided by the batch
+    size as the error is. Below, the error's own size, plus the fresh rounding of the product it comes
+    from, |delta above| @ |W[:-1]|^T (an error that cancels to 0 is noise of that size), plus the noise
+    above carried down as noise is, in quadrature: sqrt(N^2 @ (W[:-1]^2)^T). A worst-case bound (absolute
+    values all the way down) grows ~10x a layer faster than the gradient and soon allows anything."""
     inputs, pre_activations = reference.forward_all(weights, X)
     logits = pre_activations[-1]
-    error = np.linalg.norm(reference.softmax(logits) - reference.targets_matrix(labels, logits.shape[1],
-                                                                               logits.dtype))
+    P = reference.softmax(logits)
+    T = reference.targets_matrix(labels, logits.shape[1], logits.dtype)
+    delta = (P - T) / len(X)
+    terms = (np.abs(P - T) + P + np.abs(T)) / len(X)
     scales = [0.0] * len(weights)
     for i in range(len(weights) - 1, -1, -1):
-        scales[i] = float(np.linalg.norm(inputs[i]) * error)
-        error *= np.linalg.norm(weights[i][:-1])
+        scales[i] = float(np.linalg.norm(np.abs(inputs[i]).T @ terms))
+        if i:
+            W = weights[i][:-1]
+            carried = np.sqrt((terms ** 2) @ (W ** 2).T)
+            terms = (np.abs(delta) @ np.abs(W).T + carried) * (pre_activations[i - 1] >= 0)
+            delta = (delta @ W.T) * (pre_activations[i - 1] > 0)
+            terms += np.abs(delta)
     return scales
 
 
@@ -203,29 +215,32 @@ class Factor:
 ONE = Factor("constant", 1.0)
 
 
-def _fit(user, variant, tolerance, floor):
+def _fit(user, variant, tolerance, floor, batch_size):
     """The factor c with user ~ c * variant to `tolerance` (relative), None if there is none, and
-    "any" when both are at most `floor`: rounding noise, where the exact gradient is 0 or nearly."""
+    "any" when both are at most `floor`: rounding noise, where the exact gradient is 0 or nearly (the
+    user's side up to batch_size times that: a sum over the batch of noise)."""
     user_norm, variant_norm = np.linalg.norm(user), np.linalg.norm(variant)
     if variant_norm <= floor:
-        return "any" if user_norm <= floor else None
+        return "any" if user_norm <= floor * max(batch_size, 1) else None
     c = float(np.vdot(user, variant) / variant_norm ** 2)
     residual = np.linalg.norm(user - c * variant)
     return c if residual <= tolerance * max(user_norm, abs(c) * variant_norm) + floor else None
 
 
 def _snap(value, tolerance):
-    for nice in (1.0, -1.0, 0.0):
+    """1 or -1 when the fitted factor is that up to rounding; 0 only when it is 0 (a factor of 1e-7 is a
+    factor, not a zero)."""
+    for nice in (1.0, -1.0):
         if abs(value - nice) <= tolerance:
             return nice
-    return value
+    return 0.0 if value == 0 else value
 
 
 def fit_factor(users, variants_, batch_sizes, tolerance, floors):
     """One Factor that makes every probe's user part equal the variant's, or None."""
     fitted = []
     for user, variant, m, floor in zip(users, variants_, batch_sizes, floors):
-        c = _fit(user, variant, tolerance, floor)
+        c = _fit(user, variant, tolerance, floor, m)
         if c is None:
             return None
         if c != "any":
@@ -264,10 +279,15 @@ def match_layer(layer, user_grads, variant_results, probes, tolerance):
     return LayerMatch(weights, bias)
 
 
-def tolerance_for(user_grads):
-    """Float32 gradients are compared to 1e-4 (relative), float64 ones to 1e-7."""
-    low = any(np.asarray(g).dtype.itemsize < 8 for grads in user_grads for g in grads)
-    return 1e-4 if low else 1e-7
+def tolerance_for(dtypes):
+    """The relative tolerance for gradients computed in these dtypes: 1e-7 in float64, 1e-4 in float32.
+    float16 is refused: its 11 bits cannot hold the probes' exact zeros, so its ReLU masks differ from
+    the exact ones wherever they matter, and its sums of hundreds of terms are off by percents."""
+    itemsize = min(np.dtype(dtype).itemsize for dtype in dtypes)
+    if itemsize < 4:
+        raise ValueError("the function returned float16 gradients: too coarse to tell a bug from rounding; "
+                         "check it computing in float32 or float64")
+    return 1e-4 if itemsize == 4 else 1e-7
 
 
 def search(layer_sizes, probes, user_grads, tolerance):
@@ -301,6 +321,9 @@ def call_user(func, probe, targets):
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             result = func([W.copy() for W in probe.weights], probe.X.copy(), Y)
+    except SystemExit as exc:
+        raise ValueError(f"the function called sys.exit({exc.code!r}) {what}: a function to check must "
+                         "return (loss, grads)") from None
     except Exception as exc:
         raise ValueError(f"the function raised {type(exc).__name__} {what}: {exc}") from exc
     if not isinstance(result, (tuple, list)) or len(result) != 2:
@@ -313,22 +336,28 @@ def call_user(func, probe, targets):
                          f"{type(result[0]).__name__} of shape {np.shape(result[0])}") from None
     grads = result[1]
     L = len(probe.weights)
-    if isinstance(grads, np.ndarray) or not hasattr(grads, "__len__") or len(grads) != L:
-        count = len(grads) if hasattr(grads, "__len__") and not isinstance(grads, np.ndarray) else "no list of"
-        raise ValueError(f"the function returned {count} gradients for {L} layers: it must return one "
-                         f"(n_in + 1, n_out) matrix per layer, bias row last")
-    checked = []
+    try:
+        grads = list(grads) if not isinstance(grads, np.ndarray) else None
+    except Exception:  # noqa: BLE001  (a user object whose iteration raises)
+        grads = None
+    if grads is None or len(grads) != L:
+        count = len(grads) if grads is not None else "no list of"
+        raise ValueError(f"the function returned {count} gradients for {L} layers: it must return (loss, grads), "
+                         f"in that order, with one (n_in + 1, n_out) matrix per layer, bias row last")
+    checked, dtypes = [], []
     for i, (g, W) in enumerate(zip(grads, probe.weights)):
         try:
             g = np.asarray(g)
-            g = g.astype(g.dtype if g.dtype.kind == "f" else np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"gradient {i} is not an array of numbers") from None
+            if g.dtype.kind not in "biuf":
+                raise TypeError
+        except Exception:  # noqa: BLE001
+            raise ValueError(f"gradient {i} is not an array of real numbers") from None
         if g.shape != W.shape:
             raise ValueError(f"gradient {i} has shape {g.shape}, but layer {i}'s weights have shape {W.shape} "
                              f"(n_in + 1, n_out), bias row last")
-        checked.append(g)
-    return loss, checked
+        dtypes.append(g.dtype if g.dtype.kind == "f" else np.dtype(np.float64))
+        checked.append(np.asarray(g, dtype=np.float64))  # float64 from here on: no overflow in the norms
+    return loss, checked, dtypes
 
 
 def bias_first(weights):

@@ -63,6 +63,14 @@ DIVERGING_FACTOR = 10
 CHANCE_EPOCHS = 5
 
 
+def stuck_at_chance(losses, n_classes, epochs):
+    """Whether the last `epochs` losses are all within 1% of ln K, chance (fit's warning and
+    doctor.Monitor's not-learning)."""
+    chance = np.log(n_classes)
+    recent = losses[-epochs:]
+    return len(recent) == epochs and all(abs(v - chance) <= 0.01 * chance for v in recent)
+
+
 def _warn_if_unhealthy(history, n_classes, warned):
     """Warn (once per kind and fit) when the epochs so far show divergence that stays finite, or a loss
     stuck at chance."""
@@ -72,9 +80,7 @@ def _warn_if_unhealthy(history, n_classes, warned):
         warnings.warn(f"training is diverging: the loss is {losses[-1]:.4g} after epoch {history.epoch[-1]} (epoch "
                       f"1: {losses[0]:.4g}; chance: ln {n_classes} = {chance:.3f}). Lower the learning rate "
                       "(10x), or scale the inputs", TrainingWarning, stacklevel=4)
-    recent = losses[-CHANCE_EPOCHS:]
-    if ("chance" not in warned and len(recent) == CHANCE_EPOCHS
-            and all(abs(v - chance) <= 0.01 * chance for v in recent)):
+    if "chance" not in warned and stuck_at_chance(losses, n_classes, CHANCE_EPOCHS):
         warned.add("chance")
         warnings.warn(f"the network is not learning: the loss has stayed at chance (ln {n_classes} = {chance:.3f}) "
                       f"for {CHANCE_EPOCHS} epochs. Check the data and gradients (mlpcore.doctor), use He "
@@ -189,10 +195,10 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
                 history.accuracy.append(correct / n)
                 history.lr.append(float(lr * factors[-1]))
                 history.seconds.append(seconds)
-                _warn_if_unhealthy(history, net.n_classes, warned)
                 stop_now = stopping is not None and stopping.after_epoch(history, net._params)
                 if on_epoch_end is not None:
                     on_epoch_end(history)
+                _warn_if_unhealthy(history, net.n_classes, warned)  # after the epoch's own report
                 # The epoch is finished only now: what raises before this rolls back to the last one.
                 np.copyto(last_good[0], net._params)
                 last_good = last_good[0], optimizer._snapshot()

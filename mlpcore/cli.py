@@ -200,8 +200,7 @@ def _main(argv):
         print(f"mlpcore: error: {exc}", file=sys.stderr)
         return 2
     except MemoryError as exc:
-        print(f"mlpcore: error: not enough memory{': ' + str(exc) if str(exc) else ''} (smaller --hidden or "
-              "--batch-size?)", file=sys.stderr)
+        print(f"mlpcore: error: not enough memory{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mlpcore: interrupted", file=sys.stderr)
@@ -532,13 +531,14 @@ def _doctor(args):
     if args.data is not None:
         X, y, X_test, what = _doctor_data(args.data)
         print(f"mlpcore doctor: checking {what}")
-        report = doctor.check_data(X, y, X_test)
+        report = _user_check(f"--data {args.data}", doctor.check_data, X, y, X_test)
     elif args.batches is not None:
         make_batches = _user_function(args.batches)
         n, K = args.rows, args.sizes[-1]
         Y = np.eye(K)[np.arange(n) % K] if args.targets == "onehot" else np.arange(n) % K
         print(f"mlpcore doctor: running {args.batches} on {n} rows of {args.sizes[0]} features for 2 epochs")
-        report = _user_check(args.batches, doctor.check_batches, make_batches, np.zeros((n, args.sizes[0])), Y)
+        report = _user_check(args.batches, doctor.check_batches, make_batches, np.zeros((n, args.sizes[0])), Y,
+                             seed=args.seed)
     else:
         if len(args.sizes) < 2 or args.sizes[-1] < 2:
             raise UsageError("mlpcore doctor: --sizes needs the input and output sizes at least, with >= 2 "
@@ -558,7 +558,7 @@ def _user_check(spec, check, *args, **kwargs):
     as a one-line UsageError naming the function."""
     try:
         return check(*args, **kwargs)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise UsageError(f"mlpcore doctor: {spec}: {exc}") from None
 
 
@@ -580,6 +580,9 @@ def _user_function(spec):
     sys.path.insert(0, str(path.resolve().parent))  # the file may import its neighbours
     try:
         loader.loader.exec_module(module)
+    except SystemExit as exc:
+        raise UsageError(f"mlpcore doctor: {path} called sys.exit({exc.code!r}) when loaded: put its top-level "
+                         "code (argument parsing, training) under if __name__ == \"__main__\":") from None
     except Exception as exc:
         raise UsageError(f"mlpcore doctor: {path} raised {type(exc).__name__} when loaded: {exc}") from None
     finally:

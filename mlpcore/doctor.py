@@ -13,6 +13,7 @@ import numpy as np
 
 from . import _backprop_check as backprop
 from . import _kernels, reference
+from ._training import stuck_at_chance
 
 __all__ = ["Finding", "Report", "Monitor", "MonitorWarning", "check_backprop", "check_data", "check_batches"]
 
@@ -202,8 +203,11 @@ def _batch_indices(item, b, epoch, n_features, n, n_classes, onehot):
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         raise ValueError(f"make_batches must yield pairs (Xb, Yb); batch {b} of epoch {epoch} is "
                          f"{type(item).__name__}")
-    Xb, Yb = np.asarray(item[0], dtype=np.float64), np.asarray(item[1])
-    if Xb.ndim != 2 or Xb.shape[1] != n_features or len(Yb) != len(Xb):
+    try:
+        Xb, Yb = np.asarray(item[0], dtype=np.float64), np.asarray(item[1])
+    except (TypeError, ValueError):
+        raise ValueError(f"batch {b} of epoch {epoch}: Xb is not an array of numbers") from None
+    if Xb.ndim != 2 or Xb.shape[1] != n_features or Yb.ndim == 0 or len(Yb) != len(Xb):
         raise ValueError(f"batch {b} of epoch {epoch}: Xb has shape {Xb.shape} and Yb {Yb.shape}; expected "
                          f"(m, {n_features}) and m targets")
     index = Xb[:, 0]
@@ -217,7 +221,28 @@ def _batch_indices(item, b, epoch, n_features, n, n_classes, onehot):
     return index, int((labels != index % n_classes).sum())
 
 
-def check_batches(make_batches, X, Y, *, epochs=2):
+def _one_epoch(make_batches, X_probe, Y_probe, epoch):
+    """The batches make_batches gives for one epoch, at most four epochs' worth of rows (a generator that
+    never ends, as Keras's are, is refused rather than followed forever)."""
+    batches, rows, endless = [], 0, False
+    try:
+        for item in make_batches(X_probe.copy(), Y_probe.copy()):
+            batches.append(item)
+            rows += len(item[0]) if isinstance(item, (tuple, list)) and item and hasattr(item[0], "__len__") else 1
+            if rows > 4 * len(X_probe):
+                endless = True
+                break
+    except SystemExit as exc:
+        raise ValueError(f"make_batches called sys.exit({exc.code!r})") from None
+    except Exception as exc:
+        raise ValueError(f"make_batches raised {type(exc).__name__}: {exc}") from exc
+    if endless:
+        raise ValueError(f"make_batches gave more than 4 x {len(X_probe)} rows in epoch {epoch} without ending: "
+                         "it must give one epoch's batches and stop (not loop forever)")
+    return batches
+
+
+def check_batches(make_batches, X, Y, *, epochs=2, seed=0):
     """Run ``make_batches(X, Y)``, a user's batch maker (an iterable of (Xb, Yb) for one epoch), on inputs
     that carry their row index, and report what goes wrong.
 
@@ -226,7 +251,9 @@ def check_batches(make_batches, X, Y, *, epochs=2):
     must not change their values. Findings: ``labels-misaligned`` (a batch's labels belong to other rows
     than its inputs: the student's shuffle bug), ``rows-dropped`` (a warning when no more than the largest
     batch is left out, as a dropped last batch is), ``rows-repeated`` within an epoch, and ``no-reshuffle``
-    (a warning: every epoch visits the rows in the same order). Returns a Report.
+    (a warning: every epoch visits the rows in the same order). NumPy's global generator is seeded with
+    `seed` while it runs (and put back after), so a batch maker that shuffles with np.random gives the
+    same report every time. Returns a Report.
     """
     X = _matrix(X, "X")
     Y = np.asarray(Y)
@@ -249,11 +276,15 @@ def check_batches(make_batches, X, Y, *, epochs=2):
             codes.add(finding.code)
             findings.append(finding)
 
-    for epoch in range(1, epochs + 1):
-        try:
-            batches = list(make_batches(X_probe.copy(), Y_probe.copy()))
-        except Exception as exc:
-            raise ValueError(f"make_batches raised {type(exc).__name__}: {exc}") from exc
+    # A batch maker that shuffles with NumPy's global generator gives the same batches every run of the
+    # doctor (its state is put back afterwards).
+    saved_state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        epochs_batches = [_one_epoch(make_batches, X_probe, Y_probe, epoch) for epoch in range(1, epochs + 1)]
+    finally:
+        np.random.set_state(saved_state)
+    for epoch, batches in enumerate(epochs_batches, 1):
         if not batches:
             raise ValueError(f"make_batches gave no batch in epoch {epoch}")
         seen, misaligned, largest = [], 0, 0
@@ -360,6 +391,11 @@ def _scale_findings(layers, factor, bias_too, L):
     where = "every layer's gradient" if len(layers) == L else f"the gradient of {_layers_text(layers)}"
     part_text = "" if bias_too else " (the weights block; the bias row is right)"
     findings = []
+    if factor.value == 0:
+        return [Finding(
+            "gradient-scale", f"{where}{part_text} is zero: nothing flows back to it", "Return the gradient "
+            "computed for that layer (a list built before the backward pass, or overwritten by zeros?).",
+            layer=layers[0], part="weights")]
     if factor.value < 0:
         findings.append(Finding(
             "sign-flipped", f"{where}{part_text} has the wrong sign: it points uphill, so a step along "
@@ -469,7 +505,14 @@ def check_backprop(func, layer_sizes, *, targets="onehot", seed=0):
         raise ValueError(f"targets must be 'onehot' or 'labels', got {targets!r}")
     L = len(sizes) - 1
     probes = backprop.make_probes(sizes, seed)
-    losses, user = zip(*[backprop.call_user(func, probe, targets) for probe in probes])
+    losses, user, dtypes = zip(*[backprop.call_user(func, probe, targets) for probe in probes])
+    again = backprop.call_user(func, probes[-2], targets)
+    if not all(np.array_equal(a, b, equal_nan=True) for a, b in zip(again[1], user[-2])):
+        return Report("check_backprop", [Finding(
+            "not-deterministic", "the function returned different gradients for the same weights and inputs, "
+            "called twice: dropout, a random generator, a global state or a cache inside it",
+            "Check a function that computes the same thing every time: turn dropout off (or fix its mask) "
+            "and keep state out of it; then its gradients can be compared.")])
     finite = [all(np.isfinite(g).all() for g in grads) for grads in user]
     findings = []
     for grads, probe, ok in zip(user, probes, finite):
@@ -487,7 +530,7 @@ def check_backprop(func, layer_sizes, *, targets="onehot", seed=0):
             layer=L - 1, part="weights"))
         kept = [i for i, ok in enumerate(finite) if ok]
         probes, user = [probes[i] for i in kept], [user[i] for i in kept]
-    tolerance = backprop.tolerance_for(user)
+    tolerance = backprop.tolerance_for([d for ds in dtypes for d in ds])
     if _right_with_bias_first(probes, user, tolerance):
         return Report("check_backprop", _loss_findings(losses, probes, tolerance, backprop.bias_first) + [Finding(
             "bias-row-first", "your function takes the bias from the first row of each W (a ones column "
@@ -584,21 +627,24 @@ class Monitor:
     once) and records per layer: the fraction of dead ReLUs (units that output 0 for every row of the
     batch), the spread (standard deviation) of the hidden activations, the gradient's norm, and the
     update-to-weight ratio: how far the epoch moved the layer's weights, ||W_end - W_start|| / ||W_start||,
-    per step (divided by the epoch's batches; steps that cancel count less). It warns (MonitorWarning, once
-    per code and layer) with a finding when:
+    per step, divided by the square root of the epoch's steps (SGD's steps are mostly noise, and n of them
+    add up to about sqrt(n) times one). It warns (MonitorWarning, once per code and layer in a fit) with a
+    finding when:
 
     - ``not-learning``: the loss stayed within 1% of ln K (chance) for 3 epochs;
     - ``lr-too-high``: the loss grew 3 epochs in a row;
     - ``dead-relus``: over 90% of a hidden layer's units are dead;
-    - ``updates-too-small`` / ``updates-too-large``: a layer's update ratio is below 1e-5 or above 1e-1.
+    - ``updates-too-small`` / ``updates-too-large``: a layer's update ratio is below 1e-5 (while the
+      learning rate is at least half its largest in the fit: not at the end of a decaying schedule) or
+      above 1e-1.
 
-    ``records`` holds one dict per epoch, ``findings`` what was found; ``report()`` returns them as a
-    Report. With ``warn=False`` it only records. Its cost is a forward pass and a gradient on the batch
+    ``records`` holds one dict per epoch, ``findings`` what was found, both of the last fit (a Monitor
+    passed to another fit starts again); ``report()`` returns them as a Report. With ``warn=False`` it only records. Its cost is a forward pass and a gradient on the batch
     and a copy of the weights: about 1% of an epoch of the student's network at the default ``rows``.
     """
 
-    #: How close to chance (relative to ln K), for how many epochs, is "not learning".
-    CHANCE_BAND, PATIENCE = 0.01, 3
+    #: Epochs within 1% of chance (ln K) that are "not learning".
+    PATIENCE = 3
     DEAD_ABOVE = 0.9
     UPDATE_RANGE = (1e-5, 1e-1)
 
@@ -616,6 +662,7 @@ class Monitor:
         self._net, self._X, self._y = network, X[rows], y[rows]
         self._steps = batches_per_epoch
         self._previous = [W.copy() for W in network.weights]
+        self.records, self.findings = [], []
 
     def __call__(self, history):
         if self._net is None:
@@ -638,19 +685,20 @@ class Monitor:
         for record, W, G, before in zip(layers, weights, grads, self._previous):
             start = _norm(before)
             record["gradient_norm"] = _norm(G)
-            record["update_ratio"] = _norm(W - before) / start / self._steps if start else math.inf
+            record["update_ratio"] = _norm(W - before) / start / math.sqrt(self._steps) if start else math.inf
             np.copyto(before, W)
         self.records.append({"epoch": history.epoch[-1], "loss": history.loss[-1], "layers": layers})
-        for finding in self._findings(history.loss, net.n_classes, layers):
+        lr_full = not history.lr or history.lr[-1] >= 0.5 * max(history.lr)
+        for finding in self._findings(history.loss, net.n_classes, layers, lr_full):
             if not any(f.code == finding.code and f.layer == finding.layer for f in self.findings):
                 self.findings.append(finding)
-                if self.warn:
-                    warnings.warn(f"epoch {history.epoch[-1]}: {finding}", MonitorWarning, stacklevel=2)
+                if self.warn:  # stacklevel 4: the user's call of fit
+                    warnings.warn(f"epoch {history.epoch[-1]}: {finding}", MonitorWarning, stacklevel=4)
 
-    def _findings(self, losses, n_classes, layers):
+    def _findings(self, losses, n_classes, layers, lr_full):
         chance = math.log(n_classes)
         recent = losses[-self.PATIENCE:]
-        if len(recent) == self.PATIENCE and all(abs(v - chance) <= self.CHANCE_BAND * chance for v in recent):
+        if stuck_at_chance(losses, n_classes, self.PATIENCE):
             yield Finding(
                 "not-learning", f"the loss has stayed at {recent[-1]:.4f}, within 1% of ln {n_classes} = "
                 f"{chance:.4f} (chance), for {self.PATIENCE} epochs",
@@ -670,7 +718,7 @@ class Monitor:
                     f"monitored batch: they get no gradient and never come back", "Lower the learning rate, "
                     "use He initialisation, and scale the inputs; a large negative bias also kills units.",
                     layer=layer, part="weights", severity="warning")
-            if ratio < low:
+            if ratio < low and lr_full:
                 yield Finding(
                     "updates-too-small", f"layer {layer}'s weights move {ratio:.2g} of their size per step "
                     f"(below {low:g}): it barely learns", "Raise the learning rate, or check that the "

@@ -107,6 +107,10 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     message = one_line_error(doctor(tmp_path / "raises.py:bad_shape", "--sizes", 6, 5, 3, cwd=tmp_path))
     assert "gradient 0 has shape (5, 7)" in message
     assert "--sizes" in one_line_error(doctor(tmp_path / "raises.py:backprop", "--sizes", 6, cwd=tmp_path))
+    _write(tmp_path, "exits.py", "import sys\nsys.exit(5)\n")
+    assert "called sys.exit(5) when loaded" in one_line_error(doctor(tmp_path / "exits.py:f", cwd=tmp_path))
+    np.savez(tmp_path / "strings.npz", X=np.array([["a", "b"]]), y=np.array([1]))
+    assert "must hold numbers" in one_line_error(doctor("--data", tmp_path / "strings.npz", cwd=tmp_path))
     assert "expected a positive integer, got 0" in one_line_error(
         doctor(tmp_path / "raises.py:backprop", "--sizes", 6, 0, cwd=tmp_path))
 

@@ -2,6 +2,7 @@
 every entry of tests/backprop_catalogue.py (right and wrong backprops in several styles), the student's
 code and its fix, and what it does with functions and arguments it cannot check."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -365,3 +366,70 @@ def test_a_broken_backprop_with_the_bias_first_is_still_wrong():
         return loss, grads
     report = doctor.check_backprop(broken, [12, 9, 9, 4])
     assert not report.ok and "bias-row-first" not in report.codes()
+
+
+# -------------------------------------------------------------------------------------------------
+# Deeper and wider networks, and functions the doctor cannot check as they are (from a review)
+
+def _vectorised(weights, X, Y, *, dtype=np.float64, relu_ge=None, zero_layer=None, noise_layer=None):
+    W = [w.astype(dtype) for w in weights]
+    X, Y, m = X.astype(dtype), Y.astype(dtype), len(X)
+    inputs, zs, a = [], [], X
+    for w in W:
+        inputs.append(np.hstack([a, np.ones((m, 1), dtype)]))
+        zs.append(inputs[-1] @ w)
+        a = np.maximum(zs[-1], 0)
+    P = np.exp(zs[-1] - zs[-1].max(axis=1, keepdims=True))
+    P /= P.sum(axis=1, keepdims=True)
+    delta, grads = (P - Y) / m, [None] * len(W)
+    for i in range(len(W) - 1, -1, -1):
+        grads[i] = inputs[i].T @ delta
+        if i:
+            z = zs[i - 1]
+            delta = (delta @ W[i][:-1].T) * ((z >= 0) if relu_ge == i - 1 else (z > 0))
+    if zero_layer is not None:
+        grads[zero_layer] = np.zeros_like(grads[zero_layer])
+    if noise_layer is not None:
+        grads[noise_layer] = grads[noise_layer] + 1e-3
+    return -np.sum(Y * np.log(np.maximum(P, 1e-300))) / m, grads
+
+
+@pytest.mark.parametrize("sizes,kwargs,expected", [
+    ([784, 1024, 1024, 1024, 10], {"dtype": np.float32, "relu_ge": 0}, {("relu-derivative-at-zero", 0, "weights")}),
+    ([256] * 6 + [10], {"dtype": np.float32, "relu_ge": 1}, {("relu-derivative-at-zero", 1, "weights")}),
+    ([50] * 8 + [10], {"zero_layer": 0}, {("gradient-scale", 0, "weights")}),
+    ([10] * 12, {"noise_layer": 0}, {("gradient-mismatch", 0, "weights")}),
+    ([784, 512, 256, 128, 10], {"dtype": np.float32}, set()),
+])
+def test_the_lowest_layers_of_deep_and_wide_networks_are_checked(sizes, kwargs, expected):
+    report = doctor.check_backprop(lambda W, X, Y: _vectorised(W, X, Y, **kwargs), sizes)
+    assert _where(report.errors) == expected, str(report)
+
+
+def test_a_zero_gradient_is_called_zero():
+    report = doctor.check_backprop(lambda W, X, Y: _vectorised(W, X, Y, zero_layer=1), [10, 8, 8, 3])
+    assert _where(report.errors) == {("gradient-scale", 1, "weights")}
+    assert "is zero" in report.errors[0].message
+
+
+def test_float16_gradients_are_refused_as_too_coarse():
+    with pytest.raises(ValueError, match="float16"):
+        doctor.check_backprop(lambda W, X, Y: _vectorised(W, X, Y, dtype=np.float16), [10, 8, 3])
+
+
+def test_a_function_that_is_not_deterministic_is_said_to_be():
+    rng = np.random.default_rng(0)
+
+    def with_dropout(weights, X, Y):
+        loss, grads = _vectorised(weights, X, Y)
+        return loss, [g * (rng.random(g.shape) > 0.1) for g in grads]
+
+    report = doctor.check_backprop(with_dropout, [10, 8, 3])
+    assert report.codes() == ["not-deterministic"] and not report.ok
+
+
+def test_a_function_that_calls_sys_exit_is_a_value_error():
+    def leaves(weights, X, Y):
+        sys.exit(0)
+    with pytest.raises(ValueError, match=r"sys.exit\(0\)"):
+        doctor.check_backprop(leaves, [10, 8, 3])

@@ -111,3 +111,29 @@ def test_a_batch_maker_that_breaks_the_contract_gets_a_clear_error(maker, messag
     X, Y = _data()
     with pytest.raises(ValueError, match=message):
         doctor.check_batches(maker, X, Y)
+
+
+def test_an_endless_batch_maker_is_refused_not_followed():
+    def forever(X, Y):
+        while True:
+            yield X[:10], Y[:10]
+    with pytest.raises(ValueError, match="without ending"):
+        doctor.check_batches(forever, np.zeros((50, 3)), np.arange(50) % 5)
+
+
+def test_batches_with_no_targets_are_a_value_error():
+    def no_targets(X, Y):
+        yield X, None
+    with pytest.raises(ValueError, match="expected"):
+        doctor.check_batches(no_targets, np.zeros((50, 3)), np.arange(50) % 5)
+
+
+def test_a_batch_maker_shuffling_with_numpys_global_generator_gives_the_same_report_every_time():
+    def misaligned(X, Y):
+        order = np.random.permutation(len(X))
+        for start in range(0, len(X), 10):
+            yield X[start:start + 10], Y[order[start:start + 10]]
+    state = np.random.get_state()
+    first = str(doctor.check_batches(misaligned, np.zeros((200, 3)), np.arange(200) % 5))
+    assert str(doctor.check_batches(misaligned, np.zeros((200, 3)), np.arange(200) % 5)) == first
+    assert np.array_equal(np.random.get_state()[1], state[1])  # the global generator is put back
