@@ -1,0 +1,531 @@
+"""mlpcore used as a hostile user would: concurrent calls, logits that overflow, damaged and crafted model
+and IDX files, signals during training, divergence that stays finite (issue 13). Each case came from a
+hostile run; each stays here so that it stays found."""
+import gzip
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import tracemalloc
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from threadpoolctl import threadpool_info
+
+import mlpcore
+from mlpcore import datasets
+from conftest import idx_bytes
+
+DTYPES = ["float32", "float64"]
+
+
+def _blobs(n=400, features=12, classes=3, seed=0, dtype="float32"):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, size=n)
+    X = rng.normal(scale=2.0, size=(classes, features))[y] + rng.normal(size=(n, features))
+    return X.astype(dtype), y
+
+
+def _scipy_blas_threads():
+    import scipy.linalg  # noqa: F401  (loads the BLAS mlpcore calls)
+    return sorted((lib["filepath"], lib["num_threads"]) for lib in threadpool_info() if lib["user_api"] == "blas")
+
+
+# -------------------------------------------------------------------------------------------------
+# 1. Threads
+
+def test_threads_predicting_on_one_network_get_the_serial_result():
+    X, _ = _blobs(n=5000, features=40)
+    net = mlpcore.Network([40, 64, 32, 3], seed=0)
+    expected = net.predict_proba(X)
+    before = _scipy_blas_threads()
+    results, errors = [None] * 6, []
+
+    def predict(i):
+        try:
+            for _ in range(5):
+                results[i] = net.predict_proba(X)
+                assert np.array_equal(results[i], expected)
+        except BaseException as exc:  # noqa: BLE001  (reported below, from the main thread)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=predict, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert _scipy_blas_threads() == before  # BLAS's thread count is what it was
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_fit_beside_a_predict_loop_gives_the_weights_of_a_fit_alone(dtype):
+    X, y = _blobs(n=20000, features=100, dtype=dtype)
+    alone = mlpcore.Network([100, 256, 3], dtype=dtype, seed=1)
+    alone.fit(X, y, epochs=2, batch_size=128, lr=0.05, seed=0)
+    net = mlpcore.Network([100, 256, 3], dtype=dtype, seed=1)
+    before = _scipy_blas_threads()
+    stop, seen, errors = threading.Event(), [], []
+
+    def predict_loop():
+        try:
+            while not stop.is_set():
+                proba = net.predict_proba(X[:500])
+                seen.append(bool(np.isfinite(proba).all() and np.allclose(proba.sum(axis=1), 1, atol=1e-5)))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    reader = threading.Thread(target=predict_loop)
+    reader.start()
+    try:
+        net.fit(X, y, epochs=2, batch_size=128, lr=0.05, seed=0)
+    finally:
+        stop.set()
+        reader.join()
+    assert not errors, errors
+    assert seen and all(seen)
+    for a, b in zip(alone.weights, net.weights):
+        np.testing.assert_array_equal(a, b)
+    assert _scipy_blas_threads() == before
+
+
+def test_a_reader_never_sees_half_a_step():
+    """train_step writes every weight under the network's lock: a reader's loss is that of the weights
+    before the step or after it, never of a mixture."""
+    X, y = _blobs(n=256, features=20)
+    net = mlpcore.Network([20, 256, 3], dtype="float64", seed=0)
+    states = [net.loss(X, y)]
+    for _ in range(4):
+        net.train_step(X, y, lr=0.5)
+        states.append(net.loss(X, y))
+    net = mlpcore.Network([20, 256, 3], dtype="float64", seed=0)
+    stop, seen = threading.Event(), []
+
+    def read():
+        while not stop.is_set():
+            seen.append(net.loss(X, y))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for _ in range(4):
+        net.train_step(X, y, lr=0.5)
+    stop.set()
+    reader.join()
+    assert seen
+    assert all(any(abs(v - s) <= 1e-12 * abs(s) for s in states) for v in seen)
+
+
+def test_a_network_pickles_without_its_lock():
+    import pickle
+    net = mlpcore.Network([5, 4, 3], seed=0)
+    copy = pickle.loads(pickle.dumps(net))
+    for a, b in zip(net.weights, copy.weights):
+        np.testing.assert_array_equal(a, b)
+    X, _ = _blobs(n=10, features=5)
+    np.testing.assert_array_equal(copy.predict_proba(X), net.predict_proba(X))
+
+
+# -------------------------------------------------------------------------------------------------
+# 2. Logits that overflow: an error from every entry point, never NaN as an answer
+
+def _overflowing():
+    net = mlpcore.Network([4, 3, 3], dtype="float32", seed=0)
+    weights = net.weights
+    weights[0] *= 1e20
+    weights[1] *= 1e20
+    net.weights = weights
+    X = np.ones((5, 4), dtype=np.float32)
+    return net, X, np.zeros(5, dtype=int)
+
+
+@pytest.mark.parametrize("call", ["predict_proba", "predict", "score", "loss", "loss_and_gradients"])
+def test_overflowing_logits_are_an_error_from_every_entry_point(call):
+    net, X, y = _overflowing()
+    before = [W.copy() for W in net.weights]
+    args = (X,) if call in ("predict_proba", "predict") else (X, y)
+    with pytest.raises(ValueError, match="overflow"):
+        getattr(net, call)(*args)
+    for a, b in zip(before, net.weights):
+        np.testing.assert_array_equal(a, b)
+
+
+# -------------------------------------------------------------------------------------------------
+# 3. Model files: damaged or crafted, always one ValueError naming the file
+
+@pytest.fixture
+def model_file(tmp_path):
+    net = mlpcore.Network([6, 8, 5, 3], seed=0)
+    net.metadata = {"note": "hostile"}
+    path = tmp_path / "model.npz"
+    net.save(path)
+    return path
+
+
+def test_a_few_hundred_mutated_model_files_load_or_are_refused_by_name(model_file, tmp_path):
+    base = model_file.read_bytes()
+    rng = np.random.default_rng(12)
+    target = tmp_path / "mutated.npz"
+    outcomes = {"loaded": 0, "refused": 0}
+    for _ in range(300):
+        data = bytearray(base)
+        for _ in range(int(rng.integers(1, 6))):
+            if len(data) < 2:
+                break
+            at = int(rng.integers(len(data)))
+            kind = rng.integers(4)
+            if kind == 0:
+                data[at] = int(rng.integers(256))
+            elif kind == 1:
+                del data[at:at + int(rng.integers(1, 40))]
+            elif kind == 2:
+                data[at:at] = rng.bytes(int(rng.integers(1, 20)))
+            else:
+                del data[at:]
+        target.write_bytes(bytes(data))
+        try:
+            net = mlpcore.load(target)
+        except ValueError as exc:
+            assert "mutated.npz" in str(exc)
+            outcomes["refused"] += 1
+        else:
+            assert net.layer_sizes == (6, 8, 5, 3)
+            outcomes["loaded"] += 1
+    assert outcomes["refused"] > 200
+
+
+def _rewrite(src, dst, **entries):
+    """A copy of the model file with entries replaced, added (arrays) or written raw (bytes)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            name = info.filename[:-4]
+            if name not in entries:
+                zout.writestr(info.filename, zin.read(info))
+        for name, value in entries.items():
+            if isinstance(value, bytes):
+                zout.writestr(name + ".npy", value)
+            else:
+                with zout.open(name + ".npy", "w") as f:
+                    np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+
+
+def _npy_header_only(shape, descr="<f4"):
+    """A .npy header (magic included) declaring `shape`, and no data after it."""
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": descr, "fortran_order": False, "shape": shape})
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("entries,words", [
+    # An unknown entry declaring 6 GiB: refused by its name, unread.
+    ({"junk": _npy_header_only((40000, 40000))}, "unexpected entries ['junk']"),
+    # Layer sizes whose weights could not fit in the file: refused before anything is allocated.
+    ({"layer_sizes": np.array([100000, 100000, 5, 3])}, "cannot hold them"),
+    # A weights entry whose header declares far more than the layer sizes imply.
+    ({"weights_0": _npy_header_only((70000, 8))}, "(70000, 8)"),
+    ({"metadata": np.array("[" * 100000 + "]" * 100000)}, "nests too deeply"),
+    ({"metadata": np.array("[1, 2]")}, "not an object"),
+    ({"layer_sizes": np.array([[6, 8], [5, 3]])}, "not a list of sizes"),
+    ({"format_version": np.array("one")}, "not integers"),
+    ({"weights_0": b"\x93NUMPY\x09\x00garbage"}, "model file"),
+])
+def test_crafted_model_files_are_refused_by_name(model_file, tmp_path, entries, words):
+    crafted = tmp_path / "crafted.npz"
+    _rewrite(model_file, crafted, **entries)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as caught:
+            mlpcore.load(crafted)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "crafted.npz" in str(caught.value) and words in str(caught.value)
+    assert peak < 50 * 2**20  # nothing near what was declared was allocated
+
+
+def test_an_object_array_in_a_model_file_is_never_unpickled(model_file, tmp_path):
+    crafted = tmp_path / "pickled.npz"
+    with open(tmp_path / "obj.npy", "wb") as f:
+        np.lib.format.write_array(f, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    _rewrite(model_file, crafted, metadata=(tmp_path / "obj.npy").read_bytes())
+    with pytest.raises(ValueError, match="holds objects"):
+        mlpcore.load(crafted)
+
+
+# -------------------------------------------------------------------------------------------------
+# 4. IDX files
+
+def _idx_mutations(base, rng, count):
+    for _ in range(count):
+        data = bytearray(base)
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(len(data)))
+            if rng.integers(2):
+                data[at] = int(rng.integers(256))
+            else:
+                del data[at:]
+            if not data:
+                break
+        yield bytes(data)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_few_hundred_mutated_idx_files_read_or_are_refused_by_name(tmp_path, compress):
+    images = np.random.default_rng(0).integers(0, 256, size=(20, 6, 5)).astype(np.uint8)
+    base = idx_bytes(images)
+    rng = np.random.default_rng(3)
+    path = tmp_path / "images-idx3-ubyte"
+    for data in _idx_mutations(gzip.compress(base) if compress else base, rng, 200):
+        path.write_bytes(data)
+        try:
+            array = datasets.read_idx(path)
+        except ValueError as exc:
+            assert str(path) in str(exc)
+        else:
+            assert array.size * array.itemsize <= len(base)
+
+
+def test_a_small_gzip_that_declares_gigabytes_reads_only_what_it_holds(tmp_path):
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(b"\0\0\x08\x03" + struct.pack(">3I", 4_000_000, 28, 28))
+        f.write(bytes(32 * 2**20))  # 32 MiB of zeros: a few tens of KiB compressed
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="truncated"):
+            datasets.read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 * 2**20  # the 3.1 GB declared is never allocated
+
+
+@pytest.mark.parametrize("content,words", [
+    (b"\0\0\x08\xff" + bytes(4 * 255), "255 dimensions"),
+    (b"\0\0\x08\x03" + struct.pack(">3I", 0, 28, 28), None),  # zero images: read_idx is fine with it
+])
+def test_odd_idx_headers_name_the_file(tmp_path, content, words):
+    path = tmp_path / "odd-idx3-ubyte"
+    path.write_bytes(content)
+    if words is None:
+        assert datasets.read_idx(path).shape == (0, 28, 28)
+    else:
+        with pytest.raises(ValueError, match=words) as caught:
+            datasets.read_idx(path)
+        assert str(path) in str(caught.value)
+
+
+def test_a_data_set_with_no_image_and_a_folder_as_a_file_name_the_path(tmp_path):
+    for split in ("train", "t10k"):
+        (tmp_path / f"{split}-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((0, 28, 28), np.uint8)))
+        (tmp_path / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(0, np.uint8)))
+    with pytest.raises(ValueError, match="holds no images") as caught:
+        datasets.load_fashion_mnist(tmp_path, verify=False)
+    assert str(tmp_path) in str(caught.value)
+    with pytest.raises(ValueError, match="is a folder"):
+        datasets.read_idx(tmp_path)
+
+
+# -------------------------------------------------------------------------------------------------
+# 5. The command line: one line and status 2, never a traceback
+
+def _cli(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "mlpcore", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 600), ("t10k", 100)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+        for i, k in enumerate(labels):
+            images[i, 2 * k:2 * k + 3] += 200
+        (folder / f"{split}-images-idx3-ubyte").write_bytes(idx_bytes(images))
+        (folder / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    return folder
+
+
+def _one_line_status_2(result):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result.stderr
+
+
+def test_command_line_failures_are_one_line(tmp_path, small_data):
+    mlpcore.Network([784, 5], seed=0).save(tmp_path / "five.npz")
+    message = _one_line_status_2(_cli("evaluate", tmp_path / "five.npz", "--data", small_data, cwd=tmp_path))
+    assert "784-5 network" in message and "10 classes" in message
+    for command in ("train", "evaluate"):
+        extra = [tmp_path / "five.npz"] if command == "evaluate" else []
+        message = _one_line_status_2(_cli(command, *extra, "--threads", 2**64, "--data", small_data, cwd=tmp_path))
+        assert "up to 65536" in message
+    message = _one_line_status_2(_cli("train", "--hidden", 1_000_000_000, "--epochs", 1, "--data", small_data,
+                                      "--out", tmp_path / "huge", cwd=tmp_path))
+    assert "not enough memory" in message and not (tmp_path / "huge").exists()
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_model_is_not_called_truncated(tmp_path, small_data):
+    path = tmp_path / "locked.npz"
+    mlpcore.Network([784, 10], seed=0).save(path)
+    path.chmod(0)
+    message = _one_line_status_2(_cli("evaluate", path, "--data", small_data, cwd=tmp_path))
+    assert "Permission denied" in message and "truncated" not in message
+
+
+# -------------------------------------------------------------------------------------------------
+# 6. Signals and crashes
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_scheduler_signal_keeps_the_last_finished_epoch(small_data, tmp_path, signame):
+    number = getattr(signal, signame, None)
+    if number is None:
+        pytest.skip(f"no {signame} here")
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlpcore", "train", "--epochs", "100000", "--hidden", "30", "--batch-size", "10",
+         "--data", str(small_data), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch") and line.split()[1].startswith("2/"):
+                process.send_signal(number)
+                break
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+    assert process.returncode == 128 + number, stderr
+    assert f"interrupted by {signame}" in stderr and "Traceback" not in stderr
+    rows = json.loads((out / "history.json").read_text())
+    net = mlpcore.load(out / "model.npz")
+    assert net.metadata["interrupted"] is True and net.metadata["epochs_trained"] == len(rows) >= 1
+
+
+def test_temporary_files_of_killed_saves_are_removed_by_the_next_save(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no longer runs
+    stale = [tmp_path / f".model.npz.{dead.pid}.abcdefgh.tmp", tmp_path / ".model.npz.x1y2z3.tmp"]
+    alive = tmp_path / f".model.npz.{os.getpid()}.abcdefgh.tmp"  # a save in progress, in this process
+    other = tmp_path / f".other.npz.{dead.pid}.abcdefgh.tmp"      # another file's
+    for path in stale + [alive, other]:
+        path.write_bytes(b"x" * 1000)
+    mlpcore.Network([3, 2], seed=0).save(tmp_path / "model.npz")
+    assert not any(path.exists() for path in stale)
+    assert alive.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["model.npz"]
+
+
+def test_a_save_killed_midway_leaves_the_old_model(tmp_path):
+    path = tmp_path / "model.npz"
+    mlpcore.Network([3, 2], seed=0).save(path)
+    before = path.read_bytes()
+    code = ("import os, mlpcore, numpy as np\n"
+            "import mlpcore._model_files as f\n"
+            "real = np.savez\n"
+            "def die(*a, **k):\n"
+            "    real(*a, **k)\n"
+            "    os._exit(9)\n"
+            "f.np.savez = die\n"
+            f"mlpcore.Network([3, 2], seed=1).save({str(path)!r})\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 9, result.stderr
+    assert path.read_bytes() == before
+    leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(leftovers) == 1
+    mlpcore.Network([3, 2], seed=2).save(path)
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+# -------------------------------------------------------------------------------------------------
+# 7. Divergence that stays finite
+
+def test_finite_divergence_is_warned_and_diverged_fits_carry_their_history():
+    X, y = _blobs(dtype="float64")
+    net = mlpcore.Network([12, 16, 3], dtype="float64", seed=0)
+    with pytest.warns(mlpcore.TrainingWarning, match="training is diverging"):
+        try:
+            net.fit(X, y, epochs=4, batch_size=20, lr=1e3, seed=0)
+        except mlpcore.TrainingDiverged as exc:
+            assert exc.history is not None and len(exc.history.loss) == len(exc.history.epoch)
+    net = mlpcore.Network([12, 16, 3], dtype="float32", seed=0)
+    with pytest.raises(mlpcore.TrainingDiverged) as caught:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net.fit(X * 1e15, y, epochs=3, batch_size=20, lr=1e3, seed=0)
+    assert isinstance(caught.value.history, mlpcore.History)
+
+
+def test_a_loss_stuck_at_chance_is_warned_once():
+    X, y = _blobs()
+    net = mlpcore.Network([12, 16, 3], init="normal", seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net.fit(X, y, epochs=8, batch_size=50, lr=1e-6, seed=0)
+    stuck = [w for w in caught if issubclass(w.category, mlpcore.TrainingWarning)]
+    assert len(stuck) == 1 and "not learning" in str(stuck[0].message)
+
+
+def test_a_healthy_fit_warns_nothing():
+    X, y = _blobs()
+    net = mlpcore.Network([12, 16, 3], seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.fit(X, y, epochs=5, batch_size=32, lr=0.05, seed=0)
+
+
+# -------------------------------------------------------------------------------------------------
+# Every public entry point, on generated input: refused with ValueError or TypeError, or answered, and the
+# weights never changed by a refused call and never made NaN.
+
+_values = st.sampled_from([0.0, 1.0, -1.0, 1e30, -1e30, np.inf, -np.inf, np.nan, 1e-40, 255.0, 3.5])
+_arrays = st.one_of(
+    st.builds(lambda shape, value, dtype: np.full(shape, value, dtype=dtype),
+              st.sampled_from([(0, 5), (3, 5), (3, 4), (3, 6), (5,), (2, 5, 1), (1, 5)]), _values,
+              st.sampled_from([np.float32, np.float64, np.int64, np.bool_, np.complex64])),
+    st.sampled_from([None, "abc", [[1, 2, 3, 4, 5]], [[1, 2, 3, 4, 5]] * 3, object()]),
+)
+_targets = st.one_of(
+    st.sampled_from([None, "y", [0, 1, 2], [0, 1, 5], [-1, 0, 1], [0.5, 1, 2], [True, False, True]]),
+    st.builds(lambda shape, value: np.full(shape, value), st.sampled_from([(3,), (3, 3), (3, 2), (2,), (3, 3, 1)]),
+              st.sampled_from([0, 1, 2, 0.5, np.nan, -1])),
+)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(call=st.sampled_from(["predict_proba", "predict", "score", "loss", "loss_and_gradients", "train_step",
+                             "fit"]),
+       X=_arrays, y=_targets, dtype=st.sampled_from(DTYPES))
+def test_every_entry_point_refuses_or_answers_and_never_harms_the_weights(call, X, y, dtype):
+    net = mlpcore.Network([5, 4, 3], dtype=dtype, seed=0)
+    before = [W.copy() for W in net.weights]
+    args = {"predict_proba": (X,), "predict": (X,), "score": (X, y), "loss": (X, y), "loss_and_gradients": (X, y),
+            "train_step": (X, y, 0.1), "fit": (X, y)}[call]
+    kwargs = {"epochs": 1, "batch_size": 2} if call == "fit" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            result = getattr(net, call)(*args, **kwargs)
+        except (ValueError, TypeError):
+            for a, b in zip(before, net.weights):
+                np.testing.assert_array_equal(a, b)
+            return
+    for W in net.weights:
+        assert np.isfinite(W).all()
+    if call == "predict_proba":
+        assert np.isfinite(result).all()
+    elif call in ("score", "loss", "train_step"):
+        assert np.isfinite(result)
