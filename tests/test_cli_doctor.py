@@ -1,5 +1,4 @@
 """`mlpcore doctor` and `mlpcore train --monitor`, run as a user runs them: in a subprocess."""
-import gzip
 import subprocess
 import sys
 import textwrap
@@ -8,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import idx_bytes
+from conftest import write_idx_data_set
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -29,14 +28,8 @@ def one_line_error(result):
 @pytest.fixture(scope="module")
 def raw_data(tmp_path_factory):
     """A small data set in Fashion-MNIST's format, raw 0..255 pixels as stored."""
-    folder = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 300), ("t10k", 50)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        images = rng.integers(0, 256, size=(n, 28, 28)).astype(np.uint8)
-        (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images)))
-        (folder / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
-    return folder
+    return write_idx_data_set(tmp_path_factory.mktemp("data"), (("train", 300), ("t10k", 50)), high=256,
+                              marked=False, compress=True)
 
 
 def test_the_students_backprop_is_diagnosed_and_the_fixed_one_passes(tmp_path):

@@ -92,17 +92,22 @@ def _history(losses):
     return h
 
 
+def _fed(losses):
+    """A Monitor on a small network, given the epochs' losses one epoch at a time: yields after each."""
+    X, y = _blobs(n=100)
+    monitor = doctor.Monitor(warn=False)
+    monitor.on_fit_begin(mlpcore.Network([20, 8, 4], seed=0), X, y, 4)
+    for k in range(1, len(losses) + 1):
+        monitor(_history(losses[:k]))
+        yield monitor
+
+
 @pytest.mark.parametrize("losses,code", [
     ([math.log(4) * 1.005, math.log(4) * 0.995, math.log(4)], "not-learning"),
     ([0.9, 1.0, 1.1, 1.2], "lr-too-high"),
 ])
 def test_loss_rules_fire_on_the_epoch_that_completes_them(losses, code):
-    X, y = _blobs(n=100)
-    net = mlpcore.Network([20, 8, 4], seed=0)
-    monitor = doctor.Monitor(warn=False)
-    monitor.on_fit_begin(net, X, y, 4)
-    for k in range(1, len(losses) + 1):
-        monitor(_history(losses[:k]))
+    for k, monitor in enumerate(_fed(losses), 1):
         found = code in [f.code for f in monitor.findings]
         assert found == (k == len(losses))  # not one epoch earlier
     assert monitor.findings[-1].severity == "warning"
@@ -113,12 +118,7 @@ def test_loss_rules_fire_on_the_epoch_that_completes_them(losses, code):
     [0.9, 1.0, 1.1, 1.05],                            # grew twice, then fell
 ])
 def test_loss_rules_need_three_epochs_in_a_row(losses):
-    X, y = _blobs(n=100)
-    net = mlpcore.Network([20, 8, 4], seed=0)
-    monitor = doctor.Monitor(warn=False)
-    monitor.on_fit_begin(net, X, y, 4)
-    for k in range(1, len(losses) + 1):
-        monitor(_history(losses[:k]))
+    *_, monitor = _fed(losses)
     assert not {"not-learning", "lr-too-high"} & set(f.code for f in monitor.findings)
 
 

@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_info
 
 import mlpcore
 from mlpcore import datasets
-from conftest import idx_bytes
+from conftest import idx_bytes, write_idx_data_set
 
 DTYPES = ["float32", "float64"]
 
@@ -344,16 +344,7 @@ def _cli(*args, cwd, env=None):
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 600), ("t10k", 100)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
-        for i, k in enumerate(labels):
-            images[i, 2 * k:2 * k + 3] += 200
-        (folder / f"{split}-images-idx3-ubyte").write_bytes(idx_bytes(images))
-        (folder / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
-    return folder
+    return write_idx_data_set(tmp_path_factory.mktemp("data"))
 
 
 def _one_line_status_2(result):
