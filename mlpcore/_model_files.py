@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 
 from . import _validation as check
-from ._files import atomic_write
+from ._files import DEFLATE_MAX_RATIO, atomic_write
 from ._version import __version__
 
 # What a saved model file holds; `format` tells an mlpcore model from any other .npz.
@@ -35,8 +35,6 @@ def write(path, layer_sizes, dtype, weights, metadata):
 # free-form JSON; the others are a few numbers or one string).
 _SMALL_ENTRIES = {"format": 4096, "format_version": 4096, "layer_sizes": 4096 * 8, "dtype": 4096,
                   "metadata": 16 * 2**20}
-# Deflate cannot compress by more than about 1032:1; an entry declaring more is a lie (a zip bomb).
-_DEFLATE_MAX_RATIO = 1100
 
 
 class _Refused(ValueError):
@@ -111,7 +109,7 @@ def _read_model(f, file_size):
         # What the weights take, from the layer sizes, against what the file could hold at most.
         shapes = [(n_in + 1, n_out) for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:])]
         needed = sum(r * c for r, c in shapes) * dtype.itemsize
-        if needed > _DEFLATE_MAX_RATIO * file_size:
+        if needed > DEFLATE_MAX_RATIO * file_size:
             raise _Refused(f"its layer sizes {list(layer_sizes)} need {needed} bytes of weights; a file of "
                            f"{file_size} bytes cannot hold them")
         weights = [_entry(archive, members, f"weights_{i}", dtype, shape) for i, shape in enumerate(shapes)]
@@ -134,7 +132,7 @@ def _header(archive, members, name, limit):
         raise _Refused(f"entry {name!r} is missing")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise _Refused(f"entry {name!r} uses a compression mlpcore does not read")
-    if info.file_size > _DEFLATE_MAX_RATIO * max(info.compress_size, 1) + 4096:
+    if info.file_size > DEFLATE_MAX_RATIO * max(info.compress_size, 1) + 4096:
         raise _Refused(f"entry {name!r} declares {info.file_size} bytes from {info.compress_size} compressed")
     stream = archive.open(info)
     version = np.lib.format.read_magic(stream)
@@ -143,6 +141,8 @@ def _header(archive, members, name, limit):
     if read_header is None:
         raise _Refused(f"entry {name!r} is a .npy of unknown version {version}")
     shape, fortran_order, dtype = read_header(stream, max_header_size=4096)
+    if any(n < 0 for n in shape):  # numpy's parser takes (-1,), whose size would pass every bound
+        raise _Refused(f"entry {name!r} declares a negative dimension, shape {shape}")
     if dtype.hasobject or fortran_order:
         raise _Refused(f"entry {name!r} holds {'objects' if dtype.hasobject else 'Fortran-ordered data'}")
     count = int(np.prod(shape, dtype=np.float64))

@@ -1,6 +1,7 @@
 """The thread policy: how many cores this process may use, how a compiled call's threads are split between a
 team of workers and BLAS, and BLAS's thread limit. Called by mlpcore's own modules (the network, its training
 loop, the command's `info`); nothing else sets threads."""
+import collections
 import contextlib
 import os
 import threading
@@ -23,14 +24,14 @@ def usable_cores():
 
 def blas_threads(threads, strict=False):
     """A context manager holding the process-wide BLAS thread limit for its duration: `threads` (every core
-    this process may use if None) if it is the first mlpcore call in force, else the limit already in force.
+    this process may use if None) is this call's wish.
 
-    A `strict` call (training, whose results depend on BLAS's thread count and which shares its cores
-    with a team) waits until the limit in force is its own or no call holds one; other calls (inference)
-    join the limit in force, unless a strict call waits (so a loop of predictions cannot starve a fit).
-    A thread that already holds the limit (fit's validation, a callback) always joins. The limit set by
-    the first call is restored when the last one ends, so concurrent calls never leave BLAS at another
-    thread count than before."""
+    One limit is in force while any mlpcore call runs: the smallest wish of the `strict` calls running
+    (training: its results depend on BLAS's thread count, and a team needs BLAS on one thread), or when
+    none runs, the smallest wish of the others (inference). No call ever waits for another (so none can
+    deadlock or stall the rest); a call may run at a smaller limit than it wished while others run (a
+    predict during a team's fit runs on one BLAS thread). The thread counts from before the first call
+    are restored when the last one ends, whichever thread it runs in."""
     return _BLAS_LIMIT.hold(usable_cores() if threads is None else threads, strict)
 
 
@@ -38,46 +39,55 @@ class _BlasLimit:
     """The one BLAS thread limit in force while any mlpcore call runs (see blas_threads)."""
 
     def __init__(self):
-        self._changed = threading.Condition()
-        self._users = 0           # calls holding the limit
-        self._limit = None        # the limit in force while _users > 0
-        self._saved = None        # each library's thread count before, restored by the last call
-        self._strict_waiting = 0
-        self._held = threading.local()
+        self._lock = threading.Lock()
+        self._wishes = collections.Counter()   # (strict, threads) of the calls running
+        self._limit = None                     # the limit in force while any runs
+        self._saved = None                     # each library's thread count before the first
+
+    def _in_force(self):
+        strict = [threads for (is_strict, threads), n in self._wishes.items() if is_strict and n]
+        return min(strict or [threads for (_, threads), n in self._wishes.items() if n])
 
     @contextlib.contextmanager
     def hold(self, threads, strict):
-        depth = getattr(self._held, "depth", 0)
-        with self._changed:
-            if depth == 0:
-                self._strict_waiting += strict
-                try:
-                    while self._users and (self._limit != threads if strict else self._strict_waiting):
-                        self._changed.wait()
-                finally:
-                    self._strict_waiting -= strict
-            if self._users == 0:
-                global _blas_controller
+        global _blas_controller
+        wish, entered = (bool(strict), threads), False
+        try:
+            with self._lock:
                 if _blas_controller is None:
                     _blas_controller = _find_blas_controller()  # inspecting the libraries costs ~ms: once
-                self._saved = [lib.num_threads for lib in _blas_controller.lib_controllers]
-                _set_threads(_blas_controller, [threads] * len(self._saved))
-                self._limit = threads
-            self._users += 1
-        self._held.depth = depth + 1
-        try:
+                if not +self._wishes:
+                    self._saved = [lib.num_threads for lib in _blas_controller.lib_controllers]
+                self._wishes[wish] += 1
+                entered = True  # no call between the count and this: an interrupt cannot split them
+                self._apply()
             yield self._limit
         finally:
-            self._held.depth = depth
-            with self._changed:
-                self._users -= 1
-                if self._users == 0:
-                    _set_threads(_blas_controller, self._saved)
-                    self._limit = self._saved = None
-                    self._changed.notify_all()
+            if entered:
+                with self._lock:
+                    self._wishes[wish] -= 1
+                    self._apply()
+
+    def _apply(self):
+        """Put the limit in force (or, when no call runs, what was there before) into the libraries."""
+        if not +self._wishes:
+            if self._saved is not None:
+                _set_threads(_blas_controller, self._saved)
+            self._limit = self._saved = None
+            return
+        limit = self._in_force()
+        if limit != self._limit:
+            _set_threads(_blas_controller, [limit] * len(_blas_controller.lib_controllers))
+            self._limit = limit
+
+    def _forget(self):
+        """In a forked child: the parent's calls do not run here."""
+        self.__init__()
 
 
 _BLAS_LIMIT = _BlasLimit()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_BLAS_LIMIT._forget)
 
 
 def _set_threads(controller, counts):
@@ -94,44 +104,57 @@ def _set_threads(controller, counts):
 class ReadWriteLock:
     """A Network's lock: compiled calls that read its weights share it, those that write them (training)
     hold it alone, so a reader sees the weights between two compiled calls, never half-written. Writers
-    go first: a reader arriving while one waits waits too."""
+    go first: a reader arriving while one waits waits too. A forked child starts with it free (the
+    parent's holders do not run there)."""
 
     def __init__(self):
+        self._pid = os.getpid()
         self._changed = threading.Condition()
         self._readers = 0
         self._writing = False
         self._writers_waiting = 0
 
+    def _check_process(self):
+        if self._pid != os.getpid():
+            self.__init__()
+
     @contextlib.contextmanager
     def reading(self):
-        with self._changed:
-            while self._writing or self._writers_waiting:
-                self._changed.wait()
-            self._readers += 1
+        self._check_process()
+        entered = False
         try:
+            with self._changed:
+                while self._writing or self._writers_waiting:
+                    self._changed.wait()
+                self._readers += 1
+                entered = True  # no call in between: an interrupt cannot leave a reader counted
             yield
         finally:
-            with self._changed:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._changed.notify_all()
+            if entered:
+                with self._changed:
+                    self._readers -= 1
+                    if self._readers == 0:
+                        self._changed.notify_all()
 
     @contextlib.contextmanager
     def writing(self):
-        with self._changed:
-            self._writers_waiting += 1
-            try:
-                while self._writing or self._readers:
-                    self._changed.wait()
-            finally:
-                self._writers_waiting -= 1
-            self._writing = True
+        self._check_process()
+        entered = False
         try:
+            with self._changed:
+                self._writers_waiting += 1
+                try:
+                    while self._writing or self._readers:
+                        self._changed.wait()
+                finally:
+                    self._writers_waiting -= 1
+                self._writing = entered = True
             yield
         finally:
-            with self._changed:
-                self._writing = False
-                self._changed.notify_all()
+            if entered:
+                with self._changed:
+                    self._writing = False
+                    self._changed.notify_all()
 
 
 def _find_blas_controller():

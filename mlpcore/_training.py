@@ -56,8 +56,7 @@ class TrainingWarning(UserWarning):
     or chance, or stuck at chance."""
 
 
-#: The loss above this many times ln K (chance), or its first epoch's value, is divergence that stays
-#: finite.
+#: The loss growing to above this many times its lowest so far is divergence that stays finite.
 DIVERGING_FACTOR = 10
 #: Epochs with the loss within 1% of ln K (chance) before fit warns that the network does not learn.
 CHANCE_EPOCHS = 5
@@ -73,18 +72,20 @@ def stuck_at_chance(losses, n_classes, epochs):
 
 def _warn_if_unhealthy(history, n_classes, warned):
     """Warn (once per kind and fit) when the epochs so far show divergence that stays finite, or a loss
-    stuck at chance."""
+    stuck at chance. (stacklevel 5: the user's call of fit, through train_epochs, Network._fit, fit.)"""
     chance, losses = np.log(n_classes), history.loss
-    if "diverging" not in warned and losses[-1] > DIVERGING_FACTOR * min(losses[0], chance):
+    # Only a loss that grows: one that starts high (large initial weights) and falls is training.
+    if ("diverging" not in warned and len(losses) > 1 and losses[-1] > losses[-2]
+            and losses[-1] > DIVERGING_FACTOR * min(min(losses), chance)):
         warned.add("diverging")
         warnings.warn(f"training is diverging: the loss is {losses[-1]:.4g} after epoch {history.epoch[-1]} (epoch "
                       f"1: {losses[0]:.4g}; chance: ln {n_classes} = {chance:.3f}). Lower the learning rate "
-                      "(10x), or scale the inputs", TrainingWarning, stacklevel=4)
+                      "(10x), or scale the inputs", TrainingWarning, stacklevel=5)
     if "chance" not in warned and stuck_at_chance(losses, n_classes, CHANCE_EPOCHS):
         warned.add("chance")
         warnings.warn(f"the network is not learning: the loss has stayed at chance (ln {n_classes} = {chance:.3f}) "
                       f"for {CHANCE_EPOCHS} epochs. Check the data and gradients (mlpcore.doctor), use He "
-                      "initialisation, or raise the learning rate", TrainingWarning, stacklevel=4)
+                      "initialisation, or raise the learning rate", TrainingWarning, stacklevel=5)
 
 
 def one_batch_of_all_rows(net, X, labels, targets, grads, rule, writes=False):

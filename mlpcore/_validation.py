@@ -129,7 +129,7 @@ def warn_if_unscaled(largest):
     if largest > _LARGE_INPUT:
         warnings.warn(f"X has values as large as {largest:g}: unscaled inputs make training "
                       "slow or unstable. Scale them (X / 255 for pixels) or standardise them.",
-                      stacklevel=3)  # at fit's caller
+                      stacklevel=4)  # at fit's caller (through Network._fit and fit)
 
 
 def _as_real_array(a, name):

@@ -290,7 +290,7 @@ def _train(args):
                 "val_split": val_split, "patience": chosen["patience"], "preset": args.preset,
                 "dtype": args.dtype, "init": chosen["init"], "seed": args.seed,
                 "data": str(args.data) if args.data else None, "n_train": len(X_train)}
-    print(f"mlpcore {__version__}: training {'-'.join(map(str, sizes))} ({args.dtype}) on "
+    _say(f"mlpcore {__version__}: training {'-'.join(map(str, sizes))} ({args.dtype}) on "
           f"{round(len(X_train) * (1 - val_split))} images, batches of {batch_size}, {optimizer}, "
           f"{settings['schedule']} schedule, {epochs} epochs")
 
@@ -308,7 +308,7 @@ def _train(args):
                                         test_accuracy, history.lr[-1], history.seconds[-1])))
         validation = (f"  val loss {history.val_loss[-1]:.4f}  val accuracy "
                       f"{100 * history.val_accuracy[-1]:.2f}%" if val_split > 0 else "")
-        print(f"epoch {row['epoch']:>{width}}/{epochs}  train loss {row['train_loss']:.4f}{validation}  "
+        _say(f"epoch {row['epoch']:>{width}}/{epochs}  train loss {row['train_loss']:.4f}{validation}  "
               f"test loss {row['test_loss']:.4f}  test accuracy {100 * row['test_accuracy']:.2f}%  "
               f"{row['seconds']:.1f} s", flush=True)
         rows.append(row)  # last: an epoch interrupted before this is not kept (fit rolls it back)
@@ -317,49 +317,78 @@ def _train(args):
         on_epoch_end = _Monitored(on_epoch_end)
     stopped = None  # why training ended early, if it did
     history = None
+    # From here until the model and history are written, Ctrl-C, SIGTERM and SIGHUP only set a flag; fit
+    # stops at the next batch boundary (its callbacks raise KeyboardInterrupt), and one more signal
+    # during the save cannot cut it short.
     signalled = _StopOnSignals()
+    progress_update = progress.update
+
+    def on_progress(*args):
+        signalled.check()
+        try:
+            progress_update(*args)
+        except OSError:
+            pass  # the terminal has gone (SIGHUP): the bar is not worth losing the model for
+
+    def on_epoch_end_checked(history, report=on_epoch_end):
+        signalled.check()
+        report(history)
+
+    if hasattr(on_epoch_end, "on_fit_begin"):
+        on_epoch_end_checked.on_fit_begin = on_epoch_end.on_fit_begin
     try:
         history = net.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                           schedule=schedule, dropout=chosen["dropout"],
                           label_smoothing=chosen["label_smoothing"], seed=args.seed, threads=args.threads,
                           validation_data=None if val_split > 0 else (X_test, y_test),
                           validation_split=val_split, early_stopping=early_stopping,
-                          on_epoch_end=on_epoch_end, on_progress=progress.update)
+                          on_epoch_end=on_epoch_end_checked, on_progress=on_progress)
     except KeyboardInterrupt:
         stopped = "interrupted"
     except TrainingDiverged as exc:
         stopped = f"diverged: {exc}"
+    except BaseException:
+        signalled.restore()
+        raise
+    try:
+        return _finish_training(args, out, net, settings, rows, history, stopped, signalled, progress,
+                                on_epoch_end, early_stopping)
     finally:
         signalled.restore()
-    if stopped == "interrupted" and signalled.number is not None:
+
+
+def _finish_training(args, out, net, settings, rows, history, stopped, signalled, progress, on_epoch_end,
+                     early_stopping):
+    """Save the model and history (first: nothing printed may stop that), then say what happened."""
+    if stopped == "interrupted" and signalled.number not in (None, signal.SIGINT):
         stopped = f"interrupted by {signal.Signals(signalled.number).name}"
     if stopped is not None:
         progress.close()
-        print(f"\n{stopped}\nkeeping the model of the last finished epoch ({len(rows)})", file=sys.stderr)
-    if args.monitor:
-        findings = on_epoch_end.monitor.findings
-        print(f"monitor: {len(findings)} finding(s)" + (": " + ", ".join(
-            f.code + ("" if f.layer is None else f" (layer {f.layer})") for f in findings) if findings else ""))
     kept = rows[-1] if rows else None
     if history is not None and history.best_epoch is not None:
         kept = rows[history.best_epoch - 1]
-        ended = f"stopped after epoch {history.stopped_epoch}" if history.stopped_epoch else "ran every epoch"
-        print(f"early stopping: {ended}; keeping epoch {history.best_epoch}, the best by "
-              f"{early_stopping.monitor}")
-
     interrupted = stopped is not None and stopped.startswith("interrupted")
     net.metadata = {"settings": settings, "epochs_trained": len(rows), "final": kept,
                     "interrupted": interrupted, "diverged": stopped is not None and not interrupted}
     net.save(out / "model.npz")
     _write_history(out, rows)
     plotted = _plot(out / "curves.png", rows)
+    if stopped is not None:
+        _say(f"\n{stopped}\nkeeping the model of the last finished epoch ({len(rows)})", file=sys.stderr)
+    if args.monitor:
+        findings = on_epoch_end.monitor.findings
+        _say(f"monitor: {len(findings)} finding(s)" + (": " + ", ".join(
+            f.code + ("" if f.layer is None else f" (layer {f.layer})") for f in findings) if findings else ""))
+    if history is not None and history.best_epoch is not None:
+        ended = f"stopped after epoch {history.stopped_epoch}" if history.stopped_epoch else "ran every epoch"
+        _say(f"early stopping: {ended}; keeping epoch {history.best_epoch}, the best by "
+             f"{early_stopping.monitor}")
     if kept is not None:
-        print(f"final test accuracy {100 * kept['test_accuracy']:.2f}% after {len(rows)} "
-              f"epoch{'s' if len(rows) > 1 else ''} "
-              f"({sum(r['seconds'] for r in rows):.1f} s of training)")
-    print(f"saved model.npz, history.json, history.csv{', curves.png' if plotted else ''} in {out}")
+        _say(f"final test accuracy {100 * kept['test_accuracy']:.2f}% after {len(rows)} "
+             f"epoch{'s' if len(rows) > 1 else ''} ({sum(r['seconds'] for r in rows):.1f} s of training)")
+    _say(f"saved model.npz, history.json, history.csv{', curves.png' if plotted else ''} in {out}")
     if not plotted:
-        print("curves.png not drawn: matplotlib is not installed (pip install 'mlpcore[plot]')")
+        _say("curves.png not drawn: matplotlib is not installed (pip install 'mlpcore[plot]')")
     if stopped is None:
         return 0
     if not interrupted:
@@ -368,12 +397,23 @@ def _train(args):
     return 128 + (signalled.number or signal.SIGINT)
 
 
-class _StopOnSignals:
-    """While training, SIGTERM and SIGHUP (a batch scheduler's time-out or preemption, `timeout`, a closed
-    terminal) stop it as Ctrl-C does: fit rolls back to the last finished epoch and train saves it.
-    `number` is the signal received, if one was."""
+def _say(*args, **kwargs):
+    """print, except that an output that has gone (a closed terminal after SIGHUP, a closed pipe) is not an
+    error: training's results are in its files."""
+    try:
+        print(*args, **dict(kwargs, flush=True))
+    except OSError:
+        pass
 
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+class _StopOnSignals:
+    """While training and saving, Ctrl-C, SIGTERM and SIGHUP (a batch scheduler's time-out or preemption,
+    `timeout`, a closed terminal) only note the signal; check() raises KeyboardInterrupt at the next batch
+    boundary, so fit rolls back to the last finished epoch and train saves it, and a second signal cannot
+    cut the save short. A signal ignored when training starts (SIGHUP under nohup) stays ignored.
+    `number` is the first signal received, if one was."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self):
         self.number = None
@@ -381,11 +421,15 @@ class _StopOnSignals:
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may set handlers (main() called from another thread)
         for number in self.SIGNALS:
-            self._previous[number] = signal.signal(number, self._stop)
+            if signal.getsignal(number) is not signal.SIG_IGN:
+                self._previous[number] = signal.signal(number, self._note)
 
-    def _stop(self, number, frame):
+    def _note(self, number, frame):
         if self.number is None:
             self.number = number
+
+    def check(self):
+        if self.number is not None:
             raise KeyboardInterrupt
 
     def restore(self):
@@ -413,10 +457,9 @@ class _Monitored:
         dead = "/".join(f"{100 * r['dead_relus']:.0f}%" for r in layers[:-1]) or "-"
         updates = "/".join(f"{r['update_ratio']:.1e}" for r in layers)
         gradients = "/".join(f"{r['gradient_norm']:.2g}" for r in layers)
-        print(f"  monitor: dead ReLUs {dead}  update/weight per step {updates}  gradient norm {gradients}",
-              flush=True)
+        _say(f"  monitor: dead ReLUs {dead}  update/weight per step {updates}  gradient norm {gradients}")
         for finding in self.monitor.findings[self._shown:]:
-            print(f"  doctor: {finding}".replace("\n", "\n  "), flush=True)
+            _say(f"  doctor: {finding}".replace("\n", "\n  "))
         self._shown = len(self.monitor.findings)
 
 
@@ -526,7 +569,8 @@ def _doctor(args):
                                        ("--data", args.data)) if given is not None]
     if len(chosen) != 1:
         raise UsageError("mlpcore doctor: give one of FILE.py:FUNCTION, --batches FILE.py:FUNCTION or --data "
-                         f"DIR{'' if not chosen else ' (got ' + ' and '.join(chosen) + ')'} (see mlpcore doctor --help)")
+                         f"DIR{'' if not chosen else ' (got ' + ' and '.join(chosen) + ')'} "
+                         "(see mlpcore doctor --help)")
     started = time.perf_counter()
     if args.data is not None:
         X, y, X_test, what = _doctor_data(args.data)

@@ -131,10 +131,7 @@ def _read_bytes(path):
             count = 1
             for n in struct.unpack(f">{head[3]}I", dims):
                 count *= n
-            # Deflate inflates at most ~1032:1: what a file of this size can hold bounds the buffer too.
-            size = os.fstat(raw.fileno()).st_size
-            bound = size * 1100 if compressed else size
-            return _read_at_most(stream, min(count * _IDX_TYPES[head[2]].itemsize + 1, bound), head + dims)
+            return _read_at_most(stream, count * _IDX_TYPES[head[2]].itemsize + 1, head + dims)
         except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as exc:
             if not compressed:
                 raise
@@ -142,18 +139,15 @@ def _read_bytes(path):
 
 
 def _read_at_most(stream, n, prefix=b""):
-    """`prefix`, then up to n bytes of `stream` (fewer at its end), as one bytearray read into in place:
-    no second copy of a large file."""
-    data = bytearray(len(prefix) + n)
-    data[:len(prefix)] = prefix
-    view, got, n = memoryview(data), len(prefix), len(prefix) + n
-    while got < n:
-        read = stream.readinto(view[got:got + _CHUNK])
-        if not read:
+    """`prefix`, then up to n bytes of `stream` (fewer at its end), as one bytearray that grows as the bytes
+    arrive: memory follows what the file holds, not what its header claims."""
+    data = bytearray(prefix)
+    end = len(prefix) + n
+    while len(data) < end:
+        part = stream.read(min(end - len(data), _CHUNK))
+        if not part:
             break
-        got += read
-    view.release()
-    del data[got:]
+        data += part
     return data
 
 

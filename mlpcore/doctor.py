@@ -433,7 +433,8 @@ def _bias_text(bias):
 
 def _bias_finding(layers, what, L):
     where = "every layer's bias row" if len(layers) == L else (
-        f"the bias row of {_layer_name(layers[0], L)}" if len(layers) == 1 else f"the bias rows of {_layers_text(layers)}")
+        f"the bias row of {_layer_name(layers[0], L)}" if len(layers) == 1
+        else f"the bias rows of {_layers_text(layers)}")
     return Finding("bias-gradient", f"the gradient of {where} is {what}",
                    "The bias row's gradient is the ones column times the error: delta.sum(axis=0), with delta "
                    "the same error (already divided by the batch size) as the weights'.", layer=layers[0],
@@ -639,7 +640,8 @@ class Monitor:
       above 1e-1.
 
     ``records`` holds one dict per epoch, ``findings`` what was found, both of the last fit (a Monitor
-    passed to another fit starts again); ``report()`` returns them as a Report. With ``warn=False`` it only records. Its cost is a forward pass and a gradient on the batch
+    passed to another fit starts again); ``report()`` returns them as a Report. With ``warn=False`` it
+    only records. Its cost is a forward pass and a gradient on the batch
     and a copy of the weights: about 1% of an epoch of the student's network at the default ``rows``.
     """
 
@@ -692,8 +694,8 @@ class Monitor:
         for finding in self._findings(history.loss, net.n_classes, layers, lr_full):
             if not any(f.code == finding.code and f.layer == finding.layer for f in self.findings):
                 self.findings.append(finding)
-                if self.warn:  # stacklevel 4: the user's call of fit
-                    warnings.warn(f"epoch {history.epoch[-1]}: {finding}", MonitorWarning, stacklevel=4)
+                if self.warn:  # stacklevel 5: the user's call of fit (through train_epochs, _fit, fit)
+                    warnings.warn(f"epoch {history.epoch[-1]}: {finding}", MonitorWarning, stacklevel=5)
 
     def _findings(self, losses, n_classes, layers, lr_full):
         chance = math.log(n_classes)

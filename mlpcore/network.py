@@ -2,6 +2,9 @@
 that mlpcore re-exports. A thin layer: each method checks its arguments with _validation, then calls the
 compiled core (for training through _training); threads come from _threads, initial weights from
 _initialisation, files from _model_files."""
+import contextlib
+import threading
+
 import numpy as np
 
 from . import _compiled, _model_files, _threads, _training, optimizers, schedules
@@ -48,19 +51,23 @@ class Network:
         self._shapes = [(n_in + 1, n_out)
                         for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:])]
         self._params = np.empty(sum(r * c for r, c in self._shapes), dtype=self.dtype)
-        # Compiled calls read _params under it, training writes them under it alone (see _threads).
-        self._lock = _threads.ReadWriteLock()
+        self._new_locks()
         self.weights = initial_weights(self._shapes, init, np.random.default_rng(seed))
         self.metadata = {}
 
+    def _new_locks(self):
+        # Compiled calls read _params under _lock, training writes them under it alone (see _threads);
+        # _trained_now (under _state_lock) refuses a second training at once.
+        self._lock = _threads.ReadWriteLock()
+        self._state_lock = threading.Lock()
+        self._trained_now = False
+
     def __getstate__(self):
-        state = dict(self.__dict__)
-        del state["_lock"]
-        return state
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_state_lock", "_trained_now")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._lock = _threads.ReadWriteLock()
+        self._new_locks()
 
     # ---------------------------------------------------------------------------------------------
     # Weights
@@ -76,6 +83,12 @@ class Network:
         with self._lock.writing():
             for view, W in zip(self.weights, checked):
                 view[...] = W
+
+    def get_weights(self):
+        """Copies of the weights, taken as one consistent set (under the network's lock): what to use
+        while another thread trains, since ``weights`` gives views that training keeps writing."""
+        with self._lock.reading():
+            return [W.copy() for W in self.weights]
 
     @property
     def n_features_in(self):
@@ -138,7 +151,9 @@ class Network:
         value = self._infer(_compiled.mean_loss, X, self._target_args(labels, targets), threads, team,
                             checked)[0]
         if not np.isfinite(value):
-            self._overflow(f"for these {X.shape[0]} rows")
+            raise ValueError(f"the loss overflows {self.dtype.name} on these {X.shape[0]} rows: the weights are "
+                             "too large for these inputs. Scale the inputs"
+                             + (", or use float64" if self.dtype == np.float32 else ""))
         return value
 
     def _overflow(self, where):
@@ -181,9 +196,10 @@ class Network:
         """One step of gradient descent on the batch (X, y), in place. Returns the loss before the step."""
         X, labels, targets = self._check_data(X, y, one_batch=True)
         lr = check.check_learning_rate(lr)
-        total, done, _ = _training.one_batch_of_all_rows(
-            self, X, labels, targets, np.empty_like(self._params), _compiled.UpdateRule(_compiled.SGD, lr),
-            writes=True)
+        with self._training():
+            total, done, _ = _training.one_batch_of_all_rows(
+                self, X, labels, targets, np.empty_like(self._params), _compiled.UpdateRule(_compiled.SGD, lr),
+                writes=True)
         if done == 0:
             raise TrainingDiverged(
                 f"the step produced a non-finite loss or weights (lr={lr:g}); the weights were "
@@ -254,6 +270,29 @@ class Network:
             finished (trained, validated and passed to on_epoch_end).
         """
         threads = check.check_threads(threads)
+        with self._training():
+            return self._fit(X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                             schedule=schedule, dropout=dropout, label_smoothing=label_smoothing,
+                             sample_weight=sample_weight, validation_data=validation_data,
+                             validation_split=validation_split, early_stopping=early_stopping, shuffle=shuffle,
+                             seed=seed, threads=threads, on_epoch_end=on_epoch_end, on_progress=on_progress)
+
+    @contextlib.contextmanager
+    def _training(self):
+        """Marks the network as being trained; a second fit or train_step meanwhile (another thread, or a
+        callback of this fit) is refused: interleaved, their batches and rollbacks would undo each other."""
+        with self._state_lock:
+            if self._trained_now:
+                raise RuntimeError(f"{self!r} is already being trained (by another thread, or by the fit whose "
+                                   "callback this is): train it again once that fit has returned")
+            self._trained_now = True
+        try:
+            yield
+        finally:
+            self._trained_now = False
+
+    def _fit(self, X, y, *, epochs, batch_size, optimizer, lr, schedule, dropout, label_smoothing, sample_weight,
+             validation_data, validation_split, early_stopping, shuffle, seed, threads, on_epoch_end, on_progress):
         X, largest = check.check_X(X, self.n_features_in, self.dtype, return_max_abs=True,
                                    workers=_threads.pass_workers(threads))
         labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype)
@@ -294,9 +333,7 @@ class Network:
         The file holds the layer sizes, the dtype, the weights and ``metadata`` (with the mlpcore
         version added); ``mlpcore.load(path)`` gives back bit-identical weights.
         """
-        with self._lock.reading():
-            weights = [W.copy() for W in self.weights]
-        _model_files.write(path, self.layer_sizes, self.dtype, weights, self.metadata)
+        _model_files.write(path, self.layer_sizes, self.dtype, self.get_weights(), self.metadata)
 
     # ---------------------------------------------------------------------------------------------
 

@@ -406,16 +406,22 @@ def test_a_scheduler_signal_keeps_the_last_finished_epoch(small_data, tmp_path, 
 
 
 def test_temporary_files_of_killed_saves_are_removed_by_the_next_save(tmp_path):
+    from mlpcore._files import _HOST
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a process id that no longer runs
-    stale = [tmp_path / f".model.npz.{dead.pid}.abcdefgh.tmp", tmp_path / ".model.npz.x1y2z3.tmp"]
-    alive = tmp_path / f".model.npz.{os.getpid()}.abcdefgh.tmp"  # a save in progress, in this process
-    other = tmp_path / f".other.npz.{dead.pid}.abcdefgh.tmp"      # another file's
-    for path in stale + [alive, other]:
+    day_ago = __import__("time").time() - 2 * 86400
+    removed = [tmp_path / f".model.npz.{_HOST}.{dead.pid}.abcd_123.tmp",  # this host, its writer gone
+               tmp_path / f".model.npz.0000ffff.{os.getpid()}.abcdefgh.tmp"]  # another host's, 2 days old
+    kept = [tmp_path / f".model.npz.{_HOST}.{os.getpid()}.abcdefgh.tmp",  # a save running in this process
+            tmp_path / f".model.npz.0000ffff.{dead.pid}.abcdefgh.tmp",    # another host's, recent
+            tmp_path / f".model.npz.old.{_HOST}.{dead.pid}.abcdefgh.tmp",  # another file's (model.npz.old)
+            tmp_path / ".model.npz.x1y2z3.tmp"]                           # not this naming at all
+    for path in removed + kept:
         path.write_bytes(b"x" * 1000)
+    os.utime(removed[1], (day_ago, day_ago))
     mlpcore.Network([3, 2], seed=0).save(tmp_path / "model.npz")
-    assert not any(path.exists() for path in stale)
-    assert alive.exists() and other.exists()
+    assert not any(path.exists() for path in removed)
+    assert all(path.exists() for path in kept)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["model.npz"]
 
 
@@ -520,3 +526,187 @@ def test_every_entry_point_refuses_or_answers_and_never_harms_the_weights(call, 
         assert np.isfinite(result).all()
     elif call in ("score", "loss", "train_step"):
         assert np.isfinite(result)
+
+
+# -------------------------------------------------------------------------------------------------
+# From a review of the above: hand-offs between threads, fork, snapshots, a second training at once
+
+def _run_with_deadline(target, seconds=60):
+    """target() in a daemon thread; fails the test (instead of hanging the run) if it has not ended."""
+    errors = []
+
+    def run():
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), "deadlock: still running"
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("work", ["train_step", "loss_and_gradients", "fit", "predict"])
+def test_a_callback_may_hand_work_to_another_thread_and_wait_for_it(work):
+    """A fit on a team holds BLAS at one thread; a call in another thread that wishes otherwise must not
+    wait for that fit while the fit waits for it (an executor in a callback)."""
+    X, y = _blobs(n=1000, features=20)
+    a, b = mlpcore.Network([20, 16, 3], seed=0), mlpcore.Network([20, 16, 3], seed=1)
+    calls = {"train_step": lambda: b.train_step(X[:8], y[:8], 0.01),
+             "loss_and_gradients": lambda: b.loss_and_gradients(X[:8], y[:8]),
+             "fit": lambda: b.fit(X[:100], y[:100], epochs=1, batch_size=8),
+             "predict": lambda: b.predict(X)}
+
+    def on_epoch_end(history):
+        helper = threading.Thread(target=calls[work])
+        helper.start()
+        helper.join()
+
+    _run_with_deadline(lambda: a.fit(X, y, epochs=2, batch_size=64, on_epoch_end=on_epoch_end))
+
+
+def test_a_process_forked_while_another_thread_trains_can_use_mlpcore():
+    import multiprocessing
+    X, y = _blobs(n=20000, features=50)
+    net = mlpcore.Network([50, 128, 3], seed=0)
+    trainer = threading.Thread(target=net.fit, args=(X, y), kwargs={"epochs": 5, "batch_size": 64})
+    trainer.start()
+    try:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(1) as pool:
+            # Inside mlpcore in the parent (a held BLAS limit, a network being written) must not hang the child.
+            result = pool.apply_async(_predict_in_child, (net, X[:10]))
+            assert result.get(timeout=60).shape == (10,)
+    finally:
+        trainer.join()
+
+
+def _predict_in_child(net, X):
+    other = mlpcore.Network([50, 8, 3], seed=1)
+    other.train_step(X, np.zeros(len(X), dtype=int), 0.01)
+    return net.predict(X)
+
+
+def test_get_weights_is_a_consistent_snapshot_while_another_thread_trains():
+    X, y = _blobs(n=64, features=100)
+    net = mlpcore.Network([100, 400, 3], dtype="float64", seed=0)
+    states = [net.get_weights()]
+    for _ in range(20):
+        net.train_step(X, y, lr=0.2)
+        states.append(net.get_weights())
+    net = mlpcore.Network([100, 400, 3], dtype="float64", seed=0)
+    stop, snapshots = threading.Event(), []
+
+    def snap():
+        while not stop.is_set():
+            snapshots.append(net.get_weights())
+
+    reader = threading.Thread(target=snap)
+    reader.start()
+    for _ in range(20):
+        net.train_step(X, y, lr=0.2)
+    stop.set()
+    reader.join()
+    assert snapshots
+    for snapshot in snapshots:
+        assert any(all(np.array_equal(a, b) for a, b in zip(snapshot, state)) for state in states)
+
+
+def test_a_network_is_not_trained_twice_at_once():
+    X, y = _blobs()
+    net = mlpcore.Network([12, 16, 3], seed=0)
+    seen = []
+
+    def train_again(history):
+        with pytest.raises(RuntimeError, match="already being trained"):
+            net.fit(X, y, epochs=1)
+        with pytest.raises(RuntimeError, match="already being trained"):
+            net.train_step(X[:5], y[:5], 0.1)
+        seen.append(history.epoch[-1])
+
+    net.fit(X, y, epochs=2, batch_size=50, lr=0.05, seed=0, on_epoch_end=train_again)
+    assert seen == [1, 2]
+    net.fit(X, y, epochs=1, batch_size=50, lr=0.05, seed=0)  # free again afterwards
+
+
+def test_a_negative_dimension_in_a_model_entry_is_refused_unread(model_file, tmp_path):
+    crafted = tmp_path / "negative.npz"
+    _rewrite(model_file, crafted, format=_npy_header_only((-1,), "<U14") + bytes(50 * 2**20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="negative dimension"):
+            mlpcore.load(crafted)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20
+
+
+def test_an_incompressible_gzip_that_declares_gigabytes_costs_what_it_holds(tmp_path):
+    path = tmp_path / "noise-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"\0\0\x08\x03" + struct.pack(">3I", 3000, 1000, 1000))
+        f.write(np.random.default_rng(0).bytes(2**20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="truncated"):
+            datasets.read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20  # what the 1 MiB holds, not 3 GB, nor 1,100 times the file
+
+
+def test_a_loss_that_starts_high_and_falls_is_not_called_diverging():
+    X, y = _blobs(dtype="float64")
+    net = mlpcore.Network([12, 16, 3], dtype="float64", seed=0)
+    net.weights = [W * 10 for W in net.weights]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", mlpcore.TrainingWarning)
+        history = net.fit(X, y, epochs=6, batch_size=20, lr=1e-3, seed=0)
+    assert history.loss[0] > 10 * np.log(3) and history.loss[-1] < history.loss[0]
+
+
+def _train_process(small_data, out, **popen):
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlpcore", "train", "--epochs", "100000", "--hidden", "30", "--batch-size", "10",
+         "--data", str(small_data), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _after_epoch(process, epoch, action):
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch") and line.split()[1].startswith(f"{epoch}/"):
+                action()
+                break
+        return process.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+
+
+def test_two_sigterms_in_a_row_still_save_the_model(small_data, tmp_path):
+    process = _train_process(small_data, tmp_path / "out", cwd=tmp_path)
+
+    def twice():
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
+
+    _, stderr = _after_epoch(process, 2, twice)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert mlpcore.load(tmp_path / "out" / "model.npz").metadata["interrupted"] is True
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
+def test_under_nohup_sighup_is_still_ignored(small_data, tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlpcore", "train", "--epochs", "3", "--hidden", "30", "--data", str(small_data),
+         "--out", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    _, stderr = _after_epoch(process, 1, lambda: process.send_signal(signal.SIGHUP))
+    assert process.returncode == 0, stderr
+    assert mlpcore.load(tmp_path / "out" / "model.npz").metadata["epochs_trained"] == 3
