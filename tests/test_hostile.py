@@ -98,29 +98,36 @@ def test_a_fit_beside_a_predict_loop_gives_the_weights_of_a_fit_alone(dtype):
     assert _scipy_blas_threads() == before
 
 
+def _serial_states_and_concurrent_reads(sizes, X, y, steps, lr, read):
+    """read(net) after each of `steps` train_steps, serially; then read(net) over and over in a thread while
+    another network from the same seed takes the same steps: (the serial states, what the thread read)."""
+    net = mlpcore.Network(sizes, dtype="float64", seed=0)
+    states = [read(net)]
+    for _ in range(steps):
+        net.train_step(X, y, lr=lr)
+        states.append(read(net))
+    net = mlpcore.Network(sizes, dtype="float64", seed=0)
+    stop, seen = threading.Event(), []
+
+    def reader():
+        while not stop.is_set():
+            seen.append(read(net))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for _ in range(steps):
+        net.train_step(X, y, lr=lr)
+    stop.set()
+    thread.join()
+    assert seen
+    return states, seen
+
+
 def test_a_reader_never_sees_half_a_step():
     """train_step writes every weight under the network's lock: a reader's loss is that of the weights
     before the step or after it, never of a mixture."""
     X, y = _blobs(n=256, features=20)
-    net = mlpcore.Network([20, 256, 3], dtype="float64", seed=0)
-    states = [net.loss(X, y)]
-    for _ in range(4):
-        net.train_step(X, y, lr=0.5)
-        states.append(net.loss(X, y))
-    net = mlpcore.Network([20, 256, 3], dtype="float64", seed=0)
-    stop, seen = threading.Event(), []
-
-    def read():
-        while not stop.is_set():
-            seen.append(net.loss(X, y))
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    for _ in range(4):
-        net.train_step(X, y, lr=0.5)
-    stop.set()
-    reader.join()
-    assert seen
+    states, seen = _serial_states_and_concurrent_reads([20, 256, 3], X, y, 4, 0.5, lambda net: net.loss(X, y))
     assert all(any(abs(v - s) <= 1e-12 * abs(s) for s in states) for v in seen)
 
 
@@ -156,6 +163,17 @@ def test_overflowing_logits_are_an_error_from_every_entry_point(call):
         getattr(net, call)(*args)
     for a, b in zip(before, net.weights):
         np.testing.assert_array_equal(a, b)
+
+
+def _refused_within(call, match=None):
+    """call() must raise ValueError (matching `match`): (the error, the peak bytes traced meanwhile)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=match) as caught:
+            call()
+        return caught.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -240,14 +258,8 @@ def _npy_header_only(shape, descr="<f4"):
 def test_crafted_model_files_are_refused_by_name(model_file, tmp_path, entries, words):
     crafted = tmp_path / "crafted.npz"
     _rewrite(model_file, crafted, **entries)
-    tracemalloc.start()
-    try:
-        with pytest.raises(ValueError) as caught:
-            mlpcore.load(crafted)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert "crafted.npz" in str(caught.value) and words in str(caught.value)
+    error, peak = _refused_within(lambda: mlpcore.load(crafted))
+    assert "crafted.npz" in str(error) and words in str(error)
     assert peak < 50 * 2**20  # nothing near what was declared was allocated
 
 
@@ -298,13 +310,7 @@ def test_a_small_gzip_that_declares_gigabytes_reads_only_what_it_holds(tmp_path)
     with gzip.open(path, "wb", compresslevel=9) as f:
         f.write(b"\0\0\x08\x03" + struct.pack(">3I", 4_000_000, 28, 28))
         f.write(bytes(32 * 2**20))  # 32 MiB of zeros: a few tens of KiB compressed
-    tracemalloc.start()
-    try:
-        with pytest.raises(ValueError, match="truncated"):
-            datasets.read_idx(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    _, peak = _refused_within(lambda: datasets.read_idx(path), "truncated")
     assert peak < 200 * 2**20  # the 3.1 GB declared is never allocated
 
 
@@ -593,25 +599,8 @@ def _predict_in_child(net, X):
 
 def test_get_weights_is_a_consistent_snapshot_while_another_thread_trains():
     X, y = _blobs(n=64, features=100)
-    net = mlpcore.Network([100, 400, 3], dtype="float64", seed=0)
-    states = [net.get_weights()]
-    for _ in range(20):
-        net.train_step(X, y, lr=0.2)
-        states.append(net.get_weights())
-    net = mlpcore.Network([100, 400, 3], dtype="float64", seed=0)
-    stop, snapshots = threading.Event(), []
-
-    def snap():
-        while not stop.is_set():
-            snapshots.append(net.get_weights())
-
-    reader = threading.Thread(target=snap)
-    reader.start()
-    for _ in range(20):
-        net.train_step(X, y, lr=0.2)
-    stop.set()
-    reader.join()
-    assert snapshots
+    states, snapshots = _serial_states_and_concurrent_reads([100, 400, 3], X, y, 20, 0.2,
+                                                            lambda net: net.get_weights())
     for snapshot in snapshots:
         assert any(all(np.array_equal(a, b) for a, b in zip(snapshot, state)) for state in states)
 
@@ -636,13 +625,7 @@ def test_a_network_is_not_trained_twice_at_once():
 def test_a_negative_dimension_in_a_model_entry_is_refused_unread(model_file, tmp_path):
     crafted = tmp_path / "negative.npz"
     _rewrite(model_file, crafted, format=_npy_header_only((-1,), "<U14") + bytes(50 * 2**20))
-    tracemalloc.start()
-    try:
-        with pytest.raises(ValueError, match="negative dimension"):
-            mlpcore.load(crafted)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    _, peak = _refused_within(lambda: mlpcore.load(crafted), "negative dimension")
     assert peak < 20 * 2**20
 
 
@@ -651,13 +634,7 @@ def test_an_incompressible_gzip_that_declares_gigabytes_costs_what_it_holds(tmp_
     with gzip.open(path, "wb") as f:
         f.write(b"\0\0\x08\x03" + struct.pack(">3I", 3000, 1000, 1000))
         f.write(np.random.default_rng(0).bytes(2**20))
-    tracemalloc.start()
-    try:
-        with pytest.raises(ValueError, match="truncated"):
-            datasets.read_idx(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    _, peak = _refused_within(lambda: datasets.read_idx(path), "truncated")
     assert peak < 40 * 2**20  # what the 1 MiB holds, not 3 GB, nor 1,100 times the file
 
 
