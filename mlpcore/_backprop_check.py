@@ -11,12 +11,12 @@ Layers are numbered like the weights: layer i is W[i], L - 1 the output layer. T
 the gradient of the loss with respect to its pre-activation z_i = [a_i, 1] @ W[i].
 """
 import itertools
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import reference
+from ._gradcheck import call_function, checked_gradients
 
 #: Batch sizes of the ordinary probes: 1 (where sum and mean agree) and others, so that a factor that is
 #: the batch size is told from a constant one.
@@ -312,52 +312,13 @@ def search(layer_sizes, probes, user_grads, tolerance):
 
 
 def call_user(func, probe, targets):
-    """func on copies of the probe: (its loss as a float, its gradients as float arrays), checked for
-    count and shape."""
+    """func on copies of the probe: (its loss as a float, its gradients as float64 arrays, their dtypes),
+    checked for count and shape."""
     Y = np.eye(probe.weights[-1].shape[1])[probe.labels] if targets == "onehot" else probe.labels.copy()
     m = len(probe.X)
     what = f"on a batch of {m} row{'s' if m > 1 else ''}" + (" with large logits" if probe.large_logits else "")
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            result = func([W.copy() for W in probe.weights], probe.X.copy(), Y)
-    except SystemExit as exc:
-        raise ValueError(f"the function called sys.exit({exc.code!r}) {what}: a function to check must "
-                         "return (loss, grads)") from None
-    except Exception as exc:
-        raise ValueError(f"the function raised {type(exc).__name__} {what}: {exc}") from exc
-    if not isinstance(result, (tuple, list)) or len(result) != 2:
-        raise ValueError(f"the function must return (loss, grads); {what} it returned "
-                         f"{type(result).__name__}")
-    try:
-        loss = float(np.asarray(result[0], dtype=np.float64).reshape(()))
-    except (TypeError, ValueError):
-        raise ValueError(f"the function's loss must be one number; {what} it returned "
-                         f"{type(result[0]).__name__} of shape {np.shape(result[0])}") from None
-    grads = result[1]
-    L = len(probe.weights)
-    try:
-        grads = list(grads) if not isinstance(grads, np.ndarray) else None
-    except Exception:  # noqa: BLE001  (a user object whose iteration raises)
-        grads = None
-    if grads is None or len(grads) != L:
-        count = len(grads) if grads is not None else "no list of"
-        raise ValueError(f"the function returned {count} gradients for {L} layers: it must return (loss, grads), "
-                         f"in that order, with one (n_in + 1, n_out) matrix per layer, bias row last")
-    checked, dtypes = [], []
-    for i, (g, W) in enumerate(zip(grads, probe.weights)):
-        try:
-            g = np.asarray(g)
-            if g.dtype.kind not in "biuf":
-                raise TypeError
-        except Exception:  # noqa: BLE001
-            raise ValueError(f"gradient {i} is not an array of real numbers") from None
-        if g.shape != W.shape:
-            raise ValueError(f"gradient {i} has shape {g.shape}, but layer {i}'s weights have shape {W.shape} "
-                             f"(n_in + 1, n_out), bias row last")
-        dtypes.append(g.dtype if g.dtype.kind == "f" else np.dtype(np.float64))
-        checked.append(np.asarray(g, dtype=np.float64))  # float64 from here on: no overflow in the norms
-    return loss, checked, dtypes
+    loss, grads = call_function(func, probe.weights, probe.X, Y, what)
+    return (loss, *checked_gradients(grads, probe.weights))
 
 
 def bias_first(weights):

@@ -6,6 +6,7 @@ lists of bias-augmented matrices, ``(n_in + 1, n_out)`` with the bias as the las
 own, in float64, so a report says which part of which layer is wrong. The first piece of the doctor
 (issue 12); ``mlpcore.doctor`` builds on it.
 """
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,38 +86,63 @@ def _weights_list(weights):
     return arrays
 
 
-def _call(func, weights, X, Y):
-    """func on copies of weights; its (loss, grads) checked for what gradcheck needs."""
+def call_function(func, weights, X, Y, what=""):
+    """func on copies of weights and X: its (loss as a float, grads as returned), or a ValueError saying how
+    it broke the contract (`what` says on which inputs). Shared by gradcheck and doctor.check_backprop."""
+    where = f" {what}" if what else ""
     try:
-        result = func([W.copy() for W in weights], X.copy(), Y)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            result = func([W.copy() for W in weights], X.copy(), Y)
+    except SystemExit as exc:
+        raise ValueError(f"the function called sys.exit({exc.code!r}){where}: a function to check must "
+                         "return (loss, grads)") from None
     except Exception as exc:
-        raise ValueError(f"the function raised {type(exc).__name__}: {exc}") from exc
-    if not isinstance(result, tuple) or len(result) != 2:
-        raise ValueError(f"the function must return (loss, grads), got {type(result).__name__}")
-    loss, grads = result
+        raise ValueError(f"the function raised {type(exc).__name__}{where}: {exc}") from exc
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise ValueError(f"the function must return (loss, grads);{where} it returned {type(result).__name__}")
     try:
-        loss = float(np.asarray(loss).reshape(()))
+        loss = float(np.asarray(result[0], dtype=np.float64).reshape(()))
     except (TypeError, ValueError):
-        raise ValueError(f"the function's loss must be one number, got {np.shape(loss)!r}") from None
+        raise ValueError(f"the function's loss must be one number;{where} it returned "
+                         f"{type(result[0]).__name__} of shape {np.shape(result[0])}") from None
+    return loss, result[1]
+
+
+def checked_gradients(grads, weights):
+    """grads as float64 arrays, one per layer shaped as its weights, and the dtypes they came in; a
+    ValueError saying what is wrong otherwise."""
+    L = len(weights)
+    try:
+        grads = list(grads) if not isinstance(grads, np.ndarray) else None
+    except Exception:  # noqa: BLE001  (a user object whose iteration raises)
+        grads = None
+    if grads is None or len(grads) != L:
+        count = len(grads) if grads is not None else "no list of"
+        raise ValueError(f"the function returned {count} gradients for {L} layers: it must return (loss, grads), "
+                         f"in that order, with one (n_in + 1, n_out) matrix per layer, bias row last")
+    checked, dtypes = [], []
+    for i, (g, W) in enumerate(zip(grads, weights)):
+        try:
+            g = np.asarray(g)
+            if g.dtype.kind not in "biuf":
+                raise TypeError
+        except Exception:  # noqa: BLE001
+            raise ValueError(f"gradient {i} is not an array of real numbers") from None
+        if g.shape != W.shape:
+            raise ValueError(f"gradient {i} has shape {g.shape}, but layer {i}'s weights have shape {W.shape} "
+                             f"(n_in + 1, n_out), bias row last")
+        dtypes.append(g.dtype if g.dtype.kind == "f" else np.dtype(np.float64))
+        checked.append(np.asarray(g, dtype=np.float64))  # float64 from here on: no overflow in the norms
+    return checked, dtypes
+
+
+def _loss(func, weights, X, Y):
+    """func's loss at weights, which central differences need finite."""
+    loss = call_function(func, weights, X, Y)[0]
     if not np.isfinite(loss):
         raise ValueError(f"the function's loss is {loss}: not finite")
-    return loss, grads
-
-
-def _check_grads(grads, weights):
-    if not hasattr(grads, "__len__") or isinstance(grads, np.ndarray) or len(grads) != len(weights):
-        n = len(grads) if hasattr(grads, "__len__") and not isinstance(grads, np.ndarray) else "no list of"
-        raise ValueError(f"the function returned {n} gradients for {len(weights)} layers: it must return one "
-                         f"(n_in + 1, n_out) matrix per layer")
-    checked = []
-    for i, (g, W) in enumerate(zip(grads, weights)):
-        g = np.asarray(g, dtype=np.float64)
-        if g.shape != W.shape:
-            raise ValueError(f"gradient {i} has shape {g.shape}, but layer {i}'s weights have shape {W.shape}")
-        if not np.isfinite(g).all():
-            raise ValueError(f"gradient {i} contains NaN or infinity")
-        checked.append(g)
-    return checked
+    return loss
 
 
 def gradcheck(func, weights, X, Y, *, eps=None, n_samples=None, seed=0, tolerance=TOLERANCE):
@@ -158,8 +184,10 @@ def gradcheck(func, weights, X, Y, *, eps=None, n_samples=None, seed=0, toleranc
         raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
     rng = np.random.default_rng(seed)
 
-    _, grads = _call(func, weights, X, Y)
-    grads = _check_grads(grads, weights)
+    grads, _ = checked_gradients(call_function(func, weights, X, Y)[1], weights)
+    bad = [i for i, g in enumerate(grads) if not np.isfinite(g).all()]
+    if bad:
+        raise ValueError(f"gradient {bad[0]} contains NaN or infinity")
     parts = []
     for layer, (W, G) in enumerate(zip(weights, grads)):
         for part, rows in (("weights", range(W.shape[0] - 1)), ("bias", range(W.shape[0] - 1, W.shape[0]))):
@@ -171,9 +199,9 @@ def gradcheck(func, weights, X, Y, *, eps=None, n_samples=None, seed=0, toleranc
             for r, c in entries:
                 saved = W[r, c]
                 W[r, c] = saved + eps
-                plus = _call(func, weights, X, Y)[0]
+                plus = _loss(func, weights, X, Y)
                 W[r, c] = saved - eps
-                minus = _call(func, weights, X, Y)[0]
+                minus = _loss(func, weights, X, Y)
                 W[r, c] = saved
                 numeric = (plus - minus) / (2 * eps)
                 analytic = G[r, c]

@@ -347,19 +347,17 @@ def _bug_finding(bug, L):
                        "For softmax followed by cross-entropy the error at the logits is simply P - Y (divided "
                        "by the batch size): drop the derivative factor.", layer=L - 1, part="weights")
     if code == "relu-derivative-at-zero":
-        layers = list(range(top_hidden, -1, -1)) if hidden_all else [where]
         return Finding(code, f"the ReLU's derivative is taken as 1 where the pre-activation is exactly 0 "
                              f"(z >= 0) in {'every hidden layer' if hidden_all else _layer_name(where, L)}: a "
                              f"unit that output 0 passed nothing on and must get no gradient back",
                        "Use (z > 0), not (z >= 0): the derivative is 0 at 0, as in PyTorch, TensorFlow and "
-                       "mlpcore.reference.", layer=layers[0], part="weights")
+                       "mlpcore.reference.", layer=top_hidden if hidden_all else where, part="weights")
     if code == "missing-relu-mask":
-        layers = list(range(top_hidden, -1, -1)) if hidden_all else [where]
         return Finding(code, f"the error passed down to {'every hidden layer' if hidden_all else _layer_name(where, L)}"
                              f" is not multiplied by the ReLU's derivative: units that were off (z <= 0) get "
                              f"gradient as if they were on",
                        "Multiply the error passed down by (z > 0), z that layer's pre-activation.",
-                       layer=layers[0], part="weights")
+                       layer=top_hidden if hidden_all else where, part="weights")
     if code == "wrong-weights-in-backprop":
         through = (f"W[{where}][:-1] instead of its transpose" if bug[2] == "transposed" else
                    f"W[{bug[2]}] (another layer's weights) instead of W[{where}]")

@@ -139,7 +139,8 @@ class Network:
         self._infer(_compiled.predict_proba, X, (out,), threads, team, checked)
         bad = ~np.isfinite(out).all(axis=1)
         if bad.any():
-            self._overflow(f"in {np.count_nonzero(bad)} of {X.shape[0]} rows (the first: row {np.argmax(bad)})")
+            self._overflow("the logits overflow",
+                           f"in {np.count_nonzero(bad)} of {X.shape[0]} rows (the first: row {np.argmax(bad)})")
         return out
 
     def _accuracy(self, X, labels, targets, threads, team=False, checked=True):
@@ -151,15 +152,15 @@ class Network:
         value = self._infer(_compiled.mean_loss, X, self._target_args(labels, targets), threads, team,
                             checked)[0]
         if not np.isfinite(value):
-            raise ValueError(f"the loss overflows {self.dtype.name} on these {X.shape[0]} rows: the weights are "
-                             "too large for these inputs. Scale the inputs"
-                             + (", or use float64" if self.dtype == np.float32 else ""))
+            self._overflow("the loss overflows", f"on these {X.shape[0]} rows")
         return value
 
-    def _overflow(self, where):
-        """Finite X whose logits overflowed the dtype: an error that says so, never NaN as an answer."""
-        raise ValueError(f"the logits overflow {self.dtype.name} {where}: the weights are too large for these "
-                         "inputs. Scale the inputs" + (", or use float64" if self.dtype == np.float32 else ""))
+    def _overflow(self, what, where):
+        """Finite X whose logits (or loss) overflowed the dtype: an error that says so, never NaN as an
+        answer."""
+        raise ValueError(f"{what} {self.dtype.name} {where}: the weights are too large for these inputs. "
+                         "Scale the inputs"
+                         + (", or use float64" if self.dtype == np.float32 else ""))
 
     def _infer(self, entry, X, args, threads, team, checked):
         """entry(params, sizes, X, *args, workspace, chunk, workers), an inference entry point, over X in
