@@ -13,12 +13,18 @@ from ._version import __version__
 
 # What a saved model file holds; `format` tells an mlpcore model from any other .npz.
 FILE_FORMAT = "mlpcore-network"
-FILE_VERSION = 1
+# Version 2 adds the entries `activation` and `loss`, written only when they are not ReLU and cross-entropy
+# (the only network version 1 knew): a version-1 reader is told to upgrade instead of loading a tanh
+# network as a ReLU one.
+FILE_VERSION = 2
+DEFAULT_KIND = {"activation": "relu", "loss": "cross_entropy"}
 
 
-def write(path, layer_sizes, dtype, weights, metadata):
+def write(path, layer_sizes, dtype, weights, metadata, kind=None):
     """Write a network's parts to `path` as a .npz file (no pickle), atomically; the mlpcore version is
-    added to `metadata`."""
+    added to `metadata`. `kind`: {"activation": ..., "loss": ...}, the defaults if None."""
+    kind = dict(DEFAULT_KIND, **(kind or {}))
+    kind_entries = {} if kind == DEFAULT_KIND else {name: np.array(value) for name, value in kind.items()}
     metadata = dict(metadata, mlpcore_version=__version__)
     try:
         metadata_json = json.dumps(metadata)
@@ -26,15 +32,15 @@ def write(path, layer_sizes, dtype, weights, metadata):
         raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
     arrays = {f"weights_{i}": W for i, W in enumerate(weights)}
     with atomic_write(path) as f:
-        np.savez(f, format=np.array(FILE_FORMAT), format_version=np.array(FILE_VERSION),
+        np.savez(f, format=np.array(FILE_FORMAT), format_version=np.array(2 if kind_entries else 1),
                  layer_sizes=np.array(layer_sizes, dtype=np.int64),
-                 dtype=np.array(dtype.name), metadata=np.array(metadata_json), **arrays)
+                 dtype=np.array(dtype.name), metadata=np.array(metadata_json), **kind_entries, **arrays)
 
 
 # Entries a model file may hold besides weights_0, weights_1, ...: their largest size in bytes (metadata is
 # free-form JSON; the others are a few numbers or one string).
 _SMALL_ENTRIES = {"format": 4096, "format_version": 4096, "layer_sizes": 4096 * 8, "dtype": 4096,
-                  "metadata": 16 * 2**20}
+                  "metadata": 16 * 2**20, "activation": 4096, "loss": 4096}
 
 
 class _Refused(ValueError):
@@ -51,7 +57,8 @@ _WHAT_IT_IS = {"unreadable": "is not a readable mlpcore model file", "foreign": 
 
 
 def read(path):
-    """(layer_sizes, dtype, weights, metadata) of the model file `path`, checked against each other.
+    """(layer_sizes, dtype, weights, metadata, kind) of the model file `path`, checked against each other;
+    kind is {"activation": ..., "loss": ...}.
 
     Nothing is read in full before it is known to be what a model holds: the entries' names come first,
     then each entry's declared shape and type (np.lib.format's header, of bounded size), checked against
@@ -89,11 +96,22 @@ def _read_model(f, file_size):
         if version > FILE_VERSION:
             raise _Refused(f"it was written by a newer mlpcore (file format {version}); upgrade mlpcore to "
                            "read it")
+        kind = dict(DEFAULT_KIND)
+        for name in kind:
+            if name in members:
+                if version < 2:
+                    raise _Refused(f"a version-{version} file with an entry {name!r}")
+                kind[name] = str(_small(archive, members, name, np.str_))
+        try:
+            check.check_activation(kind["activation"])
+            check.check_loss(kind["loss"])
+        except (TypeError, ValueError) as exc:
+            raise _Refused(str(exc)) from None
         sizes = _small(archive, members, "layer_sizes", np.integer)
         if sizes.ndim != 1:
             raise _Refused(f"layer_sizes has shape {sizes.shape}, not a list of sizes")
         try:
-            layer_sizes = check.check_layer_sizes([int(s) for s in sizes])
+            layer_sizes = check.check_layer_sizes([int(s) for s in sizes], kind["loss"])
             dtype = check.check_dtype(str(_small(archive, members, "dtype", np.str_)))
         except (TypeError, ValueError) as exc:
             raise _Refused(str(exc)) from None
@@ -121,7 +139,7 @@ def _read_model(f, file_size):
                            "deeply") from None
         if not isinstance(metadata, dict):
             raise _Refused(f"its metadata is a JSON {type(metadata).__name__}, not an object")
-    return list(layer_sizes), dtype, weights, metadata
+    return list(layer_sizes), dtype, weights, metadata, kind
 
 
 def _header(archive, members, name, limit):

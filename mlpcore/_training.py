@@ -88,7 +88,7 @@ def _warn_if_unhealthy(history, n_classes, warned):
                       "initialisation, or raise the learning rate", TrainingWarning, stacklevel=5)
 
 
-def one_batch_of_all_rows(net, X, labels, targets, grads, rule, writes=False):
+def one_batch_of_all_rows(net, X, labels, targets, grads, rule, writes=False, sample_weight=None):
     """The whole of X as one batch of `net`, through the update rule `rule`: (summed loss, batches done).
 
     The rows are taken in place, not gathered, so train_batches needs no label_work. With `writes` (the
@@ -101,7 +101,8 @@ def one_batch_of_all_rows(net, X, labels, targets, grads, rule, writes=False):
         before = net._params.copy() if writes else None
         total, done, right = _compiled.train_batches(
             net._params, grads, net._sizes, X, *net._target_args(labels, targets),
-            _ROWS_IN_ORDER, n, 0, 1, rule, work, _NO_LABEL_WORK, workers)
+            _ROWS_IN_ORDER, n, 0, 1, rule, work, _NO_LABEL_WORK, workers, sample_weight=sample_weight,
+            **net._kind())
         if writes and (done == 0 or not np.isfinite(net._params).all()):
             net._params[...] = before
             done = 0
@@ -109,7 +110,7 @@ def one_batch_of_all_rows(net, X, labels, targets, grads, rule, writes=False):
 
 
 def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, schedule, dropout,
-                 label_smoothing, sample_weight, shuffle, seed, threads, validation, early_stopping,
+                 label_smoothing, sample_weight, alpha, shuffle, seed, threads, validation, early_stopping,
                  on_epoch_end, on_progress):
     """Network.fit's loop (see its docstring), on arguments it has checked; `validation` is
     (X_val, val_labels, val_targets) or None."""
@@ -125,7 +126,7 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
     label_work = np.empty(batch_size, dtype=np.intp)
     label_args = net._target_args(labels, targets)
     # What the plain loss gets besides, if anything (train_batches's keyword arguments).
-    extra = {}
+    extra = net._kind()
     if label_smoothing > 0:
         extra["label_smoothing"] = label_smoothing
     if dropout > 0:
@@ -142,7 +143,7 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
     # a late epoch must not be found after the early ones have changed the weights.
     epoch_factors = [schedule.factors(epoch, epochs, n_batches) for epoch in range(1, epochs + 1)]
     optimizer._bind(net._params.size, net.dtype)
-    rule = optimizer._update_rule(lr)
+    rule = optimizer._update_rule(lr, alpha)
     # What a rollback restores: the weights and the optimizer's state at the end of the last finished epoch.
     last_good = net._params.copy(), optimizer._snapshot()
     stopping = early_stopping._start(net) if early_stopping is not None else None
@@ -193,13 +194,14 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
                         net._accuracy(X_val, val_labels, val_targets, threads, team=True))
                 history.epoch.append(epoch)
                 history.loss.append(total / total_weight)
-                history.accuracy.append(correct / n)
+                history.accuracy.append(correct / n if net.classifies else float("nan"))
                 history.lr.append(float(lr * factors[-1]))
                 history.seconds.append(seconds)
                 stop_now = stopping is not None and stopping.after_epoch(history, net._params)
                 if on_epoch_end is not None:
                     on_epoch_end(history)
-                _warn_if_unhealthy(history, net.n_classes, warned)  # after the epoch's own report
+                if net.loss_function == "cross_entropy":
+                    _warn_if_unhealthy(history, net.n_classes, warned)  # after the epoch's own report
                 # The epoch is finished only now: what raises before this rolls back to the last one.
                 np.copyto(last_good[0], net._params)
                 last_good = last_good[0], optimizer._snapshot()

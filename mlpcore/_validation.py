@@ -26,13 +26,30 @@ def check_dtype(dtype):
     return dtype
 
 
+ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
+LOSSES = ("cross_entropy", "binary_cross_entropy", "squared_error", "poisson")
+
+
+def check_activation(activation):
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
+    return activation
+
+
+def check_loss(loss):
+    if not isinstance(loss, str) or loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
+    return loss
+
+
 def check_init(init):
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     return init
 
 
-def check_layer_sizes(layer_sizes):
+def check_layer_sizes(layer_sizes, loss="cross_entropy"):
+    """The sizes as a tuple of ints; softmax over classes needs 2 outputs or more, the other heads 1."""
     try:
         sizes = list(layer_sizes)
     except TypeError:
@@ -47,7 +64,7 @@ def check_layer_sizes(layer_sizes):
             raise ValueError(f"every layer size must be >= 1, got {int(size)} in {sizes!r}")
         if size >= 2**31:
             raise ValueError(f"layer sizes must be < 2**31 (BLAS takes 32-bit sizes), got {int(size)}")
-    if sizes[-1] < 2:
+    if sizes[-1] < 2 and loss == "cross_entropy":
         raise ValueError(f"the output layer needs at least 2 classes, got {int(sizes[-1])}")
     return tuple(int(s) for s in sizes)
 
@@ -197,8 +214,11 @@ def check_X(X, n_features, dtype, *, return_max_abs=False, one_batch=False, work
     return (arr, largest) if return_max_abs else arr
 
 
-def check_targets(y, n_samples, n_classes, dtype):
-    """Return (labels, targets): integer labels as intp, or target rows as `dtype`; the other is None."""
+def check_targets(y, n_samples, n_classes, dtype, loss="cross_entropy"):
+    """Return (labels, targets): integer labels as intp, or target rows as `dtype`; the other is None.
+    Labels are the cross-entropy head's alone; the others take target rows (1-D y for one output)."""
+    if loss != "cross_entropy":
+        return None, _check_target_rows(y, n_samples, n_classes, dtype, loss)
     arr = np.asarray(y)
     if arr.dtype.kind not in "biuf" and arr.dtype != object:
         raise TypeError(f"y must hold integer class labels or rows of target probabilities, "
@@ -236,6 +256,28 @@ def check_targets(y, n_samples, n_classes, dtype):
         raise ValueError(f"every target row of y must sum to 1 (a probability distribution); "
                          f"row {worst} sums to {sums[worst]:g}")
     return None, targets
+
+
+def _check_target_rows(y, n_samples, n_outputs, dtype, loss):
+    """Targets of the heads other than softmax: (n_samples, n_outputs) rows of finite values, in [0, 1]
+    for binary cross-entropy, >= 0 for Poisson."""
+    arr = np.asarray(y)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"y must be numeric targets for loss={loss!r}, got dtype {arr.dtype}")
+    if arr.ndim == 1 and n_outputs == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2 or arr.shape[1] != n_outputs:
+        raise ValueError(f"y must be targets of shape (n, {n_outputs})" + (" or (n,)" if n_outputs == 1 else "")
+                         + f" for loss={loss!r}, got shape {arr.shape}")
+    if arr.shape[0] != n_samples:
+        raise ValueError(f"X and y have different numbers of samples: X has {n_samples}, "
+                         f"y has {arr.shape[0]}")
+    targets = _finite_array(arr.astype(dtype, copy=False) if arr.dtype.kind == "b" else arr, dtype, "y")
+    if loss == "binary_cross_entropy" and ((targets < 0).any() or (targets > 1).any()):
+        raise ValueError("y must hold targets in [0, 1] for loss='binary_cross_entropy'")
+    if loss == "poisson" and (targets < 0).any():
+        raise ValueError("y must hold targets >= 0 for loss='poisson'")
+    return targets
 
 
 def check_sample_weight(sample_weight, n_samples, dtype):

@@ -19,7 +19,8 @@ _CHUNK_ROWS = 2048
 
 
 class Network:
-    """A multilayer perceptron: dense ReLU hidden layers and a softmax output, trained on cross-entropy.
+    """A multilayer perceptron: dense hidden layers (ReLU unless told otherwise) and a head, by default a
+    softmax output trained on cross-entropy.
 
     Parameters
     ----------
@@ -33,6 +34,15 @@ class Network:
         weights, zero biases. "normal": every entry, biases included, from N(0, 0.01^2), as the student did.
     seed : int or None
         Seed for the initial weights; the same seed gives the same weights.
+    activation : {"relu", "tanh", "logistic", "identity"}
+        Of every hidden layer.
+    loss : {"cross_entropy", "binary_cross_entropy", "squared_error", "poisson"}
+        The head, an output paired with its loss (the gradient at the last pre-activations z is output -
+        target): "cross_entropy" a softmax over classes (labels or probability rows; PyTorch's
+        CrossEntropyLoss); "binary_cross_entropy" a sigmoid per output against targets in [0, 1] (binary
+        and multi-label; BCEWithLogitsLoss); "squared_error" the identity output, ``0.5 * sum((z - t)**2)``
+        per row (regression); "poisson" the output exp(z), ``exp(z) - t * z + t * log(t) - t`` per output
+        (counts; half the Poisson deviance, as scikit-learn's). The loss of a batch is the mean over rows.
 
     Attributes
     ----------
@@ -43,8 +53,11 @@ class Network:
         Free-form JSON-serialisable information saved with the model (training settings, metrics).
     """
 
-    def __init__(self, layer_sizes, *, dtype="float32", init="he", seed=None):
-        self.layer_sizes = check.check_layer_sizes(layer_sizes)
+    def __init__(self, layer_sizes, *, dtype="float32", init="he", seed=None, activation="relu",
+                 loss="cross_entropy"):
+        self.activation = check.check_activation(activation)
+        self.loss_function = check.check_loss(loss)
+        self.layer_sizes = check.check_layer_sizes(layer_sizes, self.loss_function)
         self.dtype = check.check_dtype(dtype)
         check.check_init(init)
         self._sizes = np.array(self.layer_sizes, dtype=np.intp)
@@ -102,31 +115,59 @@ class Network:
     def n_params(self):
         return self._params.size
 
+    @property
+    def classifies(self):
+        """Whether the head gives class probabilities (cross-entropy, binary cross-entropy)."""
+        return self.loss_function in ("cross_entropy", "binary_cross_entropy")
+
+    def _kind(self):
+        """The activation and head, as the compiled calls take them."""
+        return {"activation": _compiled.ACTIVATIONS[self.activation], "head": _compiled.HEADS[self.loss_function]}
+
     def __repr__(self):
-        return f"Network({list(self.layer_sizes)}, dtype={self.dtype.name!r})"
+        kind = "".join(f", {name}={value!r}" for name, value in
+                       (("activation", self.activation), ("loss", self.loss_function))
+                       if value != _model_files.DEFAULT_KIND[name])
+        return f"Network({list(self.layer_sizes)}, dtype={self.dtype.name!r}{kind})"
 
     # ---------------------------------------------------------------------------------------------
     # Inference
 
-    def predict_proba(self, X, *, threads=None):
-        """Class probabilities, shape (n_samples, n_classes).
+    def output(self, X, *, threads=None):
+        """The head's output, shape (n_samples, n_outputs): class probabilities (softmax or sigmoid), or
+        the regression's predictions (identity or exp).
 
         X is processed 2048 rows at a time, BLAS on `threads` threads (None: every core this process may
         use)."""
         X = check.check_X(X, self.n_features_in, self.dtype, finite=False)
         return self._proba(X, check.check_threads(threads), checked=False)
 
+    def predict_proba(self, X, *, threads=None):
+        """Class probabilities, shape (n_samples, n_classes): softmax rows, or with
+        loss="binary_cross_entropy" each output's own probability."""
+        if not self.classifies:
+            raise ValueError(f"predict_proba is for classifying networks; this one's loss is "
+                             f"{self.loss_function!r}: use output() or predict()")
+        return self.output(X, threads=threads)
+
     def predict(self, X, *, threads=None):
-        """Predicted class labels, shape (n_samples,)."""
-        return self.predict_proba(X, threads=threads).argmax(axis=1)
+        """Predicted class labels, shape (n_samples,) (cross-entropy); 0/1 per output, shape (n_samples,
+        n_outputs) (binary cross-entropy); the predictions themselves (regression)."""
+        out = self.output(X, threads=threads)
+        if self.loss_function == "cross_entropy":
+            return out.argmax(axis=1)
+        if self.loss_function == "binary_cross_entropy":
+            return (out > 0.5).astype(np.intp)
+        return out
 
     def score(self, X, y, *, threads=None):
-        """Accuracy of predict(X) against the labels y."""
+        """Accuracy of predict(X) against y (the fraction of rows with every output right, for binary
+        cross-entropy); for regression, the coefficient of determination R^2 (averaged over outputs)."""
         X, labels, targets = self._check_data(X, y, finite=False)
         return self._accuracy(X, labels, targets, check.check_threads(threads), checked=False)
 
     def loss(self, X, y, *, threads=None):
-        """Mean cross-entropy of the network on (X, y)."""
+        """Mean loss of the network's head on (X, y) (cross-entropy unless made with another loss)."""
         X, labels, targets = self._check_data(X, y, finite=False)
         return self._mean_loss(X, labels, targets, check.check_threads(threads), checked=False)
 
@@ -139,14 +180,25 @@ class Network:
         self._infer(_compiled.predict_proba, X, (out,), threads, team, checked)
         bad = ~np.isfinite(out).all(axis=1)
         if bad.any():
-            self._overflow("the logits overflow",
+            self._overflow("the outputs overflow" if self.loss_function == "poisson" else "the logits overflow",
                            f"in {np.count_nonzero(bad)} of {X.shape[0]} rows (the first: row {np.argmax(bad)})")
         return out
 
     def _accuracy(self, X, labels, targets, threads, team=False, checked=True):
-        if labels is None:
-            labels = targets.argmax(axis=1)
-        return float((self._proba(X, threads, team, checked).argmax(axis=1) == labels).mean())
+        """Accuracy, or R^2 for a regression head (History.val_accuracy, score)."""
+        out = self._proba(X, threads, team, checked)
+        if self.loss_function == "cross_entropy":
+            if labels is None:
+                labels = targets.argmax(axis=1)
+            return float((out.argmax(axis=1) == labels).mean())
+        if self.loss_function == "binary_cross_entropy":
+            return float(((out > 0.5) == (targets > 0.5)).all(axis=1).mean())
+        residual = ((targets - out) ** 2).sum(axis=0, dtype=np.float64)
+        spread = ((targets - targets.mean(axis=0, dtype=np.float64)) ** 2).sum(axis=0, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = np.where(spread > 0, 1 - residual / np.where(spread > 0, spread, 1),
+                          np.where(residual == 0, 1.0, 0.0))
+        return float(r2.mean())
 
     def _mean_loss(self, X, labels, targets, threads, team=False, checked=True):
         value = self._infer(_compiled.mean_loss, X, self._target_args(labels, targets), threads, team,
@@ -169,7 +221,7 @@ class Network:
         workers, blas_threads = _threads.inference_team(threads, chunk, team)
         work = self._chunk_workspace(chunk, workers)
         with _threads.blas_threads(blas_threads), self._lock.reading():
-            result = entry(self._params, self._sizes, X, *args, work, chunk, workers)
+            result = entry(self._params, self._sizes, X, *args, work, chunk, workers, **self._kind())
         input_finite = result[-1] if isinstance(result, tuple) else result
         if not (input_finite or checked):
             check.check_finite(X, "X")
@@ -181,17 +233,31 @@ class Network:
     # ---------------------------------------------------------------------------------------------
     # Training
 
-    def loss_and_gradients(self, X, y):
-        """Mean cross-entropy on (X, y) and its gradient for every weight array (same shapes)."""
+    def loss_and_gradients(self, X, y, *, sample_weight=None, alpha=0.0):
+        """Mean loss on (X, y) and its gradient for every weight array (same shapes), all rows one batch.
+
+        With `sample_weight`, the weighted mean. `alpha` adds scikit-learn's L2 penalty, ``0.5 * alpha *
+        sum ||W[:-1]||^2 / weight_sum`` to the loss and ``alpha * W[:-1] / weight_sum`` to each gradient
+        (the bias rows apart), weight_sum the rows' weight sum (their count without weights)."""
         X, labels, targets = self._check_data(X, y, one_batch=True)
+        sample_weight = check.check_sample_weight(sample_weight, X.shape[0], self.dtype)
+        alpha = check.check_real(alpha, "alpha", low=0)
         grads = np.empty_like(self._params)
         total, done, _ = _training.one_batch_of_all_rows(
-            self, X, labels, targets, grads, _compiled.UpdateRule(_compiled.GRADIENTS_ONLY))
+            self, X, labels, targets, grads, _compiled.UpdateRule(_compiled.GRADIENTS_ONLY),
+            sample_weight=sample_weight)
         if done == 0:
             raise TrainingDiverged(
-                "the loss is not finite for these weights and inputs: the logits overflow "
+                "the loss is not finite for these weights and inputs: the outputs overflow "
                 f"{self.dtype.name}; the weights are too large or the inputs unscaled")
-        return total / X.shape[0], _split(grads, self._shapes)
+        weight_sum = X.shape[0] if sample_weight is None else float(sample_weight.sum(dtype=np.float64))
+        loss, grads = total / weight_sum, _split(grads, self._shapes)
+        if alpha > 0:
+            with self._lock.reading():
+                for W, G in zip(self.weights, grads):
+                    loss += 0.5 * alpha * float(np.dot(W[:-1].ravel(), W[:-1].ravel())) / weight_sum
+                    G[:-1] += (alpha / weight_sum) * W[:-1]
+        return loss, grads
 
     def train_step(self, X, y, lr):
         """One step of gradient descent on the batch (X, y), in place. Returns the loss before the step."""
@@ -209,7 +275,8 @@ class Network:
 
     def fit(self, X, y, *, epochs, batch_size=600, optimizer=None, lr=None, schedule=None, dropout=0.0,
             label_smoothing=0.0, sample_weight=None, validation_data=None, validation_split=0.0,
-            early_stopping=None, shuffle=True, seed=None, threads=None, on_epoch_end=None, on_progress=None):
+            early_stopping=None, shuffle=True, seed=None, threads=None, on_epoch_end=None, on_progress=None,
+            alpha=0.0):
         """Train on minibatches with an optimizer (plain SGD unless told otherwise).
 
         Parameters
@@ -237,6 +304,10 @@ class Network:
         sample_weight : array of shape (n_samples,) or None
             Non-negative weights per row: a batch's loss is the weighted mean of its rows', and the gradient
             follows; ``History.loss`` is the weighted mean over the epoch.
+        alpha : float >= 0
+            scikit-learn's L2 penalty: each batch adds ``alpha * W[:-1] / (its weight sum)`` to the weight
+            gradient (never to the bias row), the gradient of ``0.5 * alpha * ||W[:-1]||^2 / weight_sum``
+            (its row count without sample weights). ``History.loss`` does not include that term.
         validation_data : (X_val, y_val) or None
             Evaluated after each epoch into ``History.val_loss`` and ``History.val_accuracy``.
         validation_split : float in [0, 1)
@@ -276,7 +347,8 @@ class Network:
                              schedule=schedule, dropout=dropout, label_smoothing=label_smoothing,
                              sample_weight=sample_weight, validation_data=validation_data,
                              validation_split=validation_split, early_stopping=early_stopping, shuffle=shuffle,
-                             seed=seed, threads=threads, on_epoch_end=on_epoch_end, on_progress=on_progress)
+                             seed=seed, threads=threads, on_epoch_end=on_epoch_end, on_progress=on_progress,
+                             alpha=alpha)
 
     @contextlib.contextmanager
     def _training(self):
@@ -293,15 +365,21 @@ class Network:
             self._trained_now = False
 
     def _fit(self, X, y, *, epochs, batch_size, optimizer, lr, schedule, dropout, label_smoothing, sample_weight,
-             validation_data, validation_split, early_stopping, shuffle, seed, threads, on_epoch_end, on_progress):
+             validation_data, validation_split, early_stopping, shuffle, seed, threads, on_epoch_end, on_progress,
+             alpha):
         X, largest = check.check_X(X, self.n_features_in, self.dtype, return_max_abs=True,
                                    workers=_threads.pass_workers(threads))
-        labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype)
+        labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype, self.loss_function)
         epochs = check.check_positive_int(epochs, "epochs")
         batch_size = check.check_positive_int(batch_size, "batch_size")
         sample_weight = check.check_sample_weight(sample_weight, X.shape[0], self.dtype)
         dropout = check.check_real(dropout, "dropout", low=0, high=1, high_open=True)
         label_smoothing = check.check_real(label_smoothing, "label_smoothing", low=0, high=1)
+        if dropout > 0 and self.activation != "relu":
+            raise ValueError(f"dropout is implemented for ReLU hidden layers only, not activation={self.activation!r}")
+        if label_smoothing > 0 and self.loss_function != "cross_entropy":
+            raise ValueError(f"label_smoothing is for loss='cross_entropy' only, not {self.loss_function!r}")
+        alpha = check.check_real(alpha, "alpha", low=0)
         optimizer, lr = optimizers.get(optimizer, lr)
         schedule = schedules.get(schedule)
         validation_split = check.check_real(validation_split, "validation_split", low=0, high=1,
@@ -322,7 +400,7 @@ class Network:
         return _training.train_epochs(
             self, X, labels, targets, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
             schedule=schedule, dropout=dropout, label_smoothing=label_smoothing, sample_weight=sample_weight,
-            shuffle=shuffle, seed=seed, threads=threads, validation=validation,
+            alpha=alpha, shuffle=shuffle, seed=seed, threads=threads, validation=validation,
             early_stopping=early_stopping, on_epoch_end=on_epoch_end, on_progress=on_progress)
 
     # ---------------------------------------------------------------------------------------------
@@ -334,13 +412,14 @@ class Network:
         The file holds the layer sizes, the dtype, the weights and ``metadata`` (with the mlpcore
         version added); ``mlpcore.load(path)`` gives back bit-identical weights.
         """
-        _model_files.write(path, self.layer_sizes, self.dtype, self.get_weights(), self.metadata)
+        _model_files.write(path, self.layer_sizes, self.dtype, self.get_weights(), self.metadata,
+                           {"activation": self.activation, "loss": self.loss_function})
 
     # ---------------------------------------------------------------------------------------------
 
     def _check_data(self, X, y, one_batch=False, finite=True):
         X = check.check_X(X, self.n_features_in, self.dtype, one_batch=one_batch, finite=finite)
-        labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype)
+        labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype, self.loss_function)
         return X, labels, targets
 
     def _target_args(self, labels, targets):
@@ -368,8 +447,8 @@ def load(path):
     Raises FileNotFoundError if `path` does not exist, and ValueError naming the file if it is not a
     complete, consistent mlpcore model file.
     """
-    layer_sizes, dtype, weights, metadata = _model_files.read(path)
-    net = Network(layer_sizes, dtype=dtype)
+    layer_sizes, dtype, weights, metadata, kind = _model_files.read(path)
+    net = Network(layer_sizes, dtype=dtype, **kind)
     net.weights = weights
     net.metadata = metadata
     return net

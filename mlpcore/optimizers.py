@@ -46,8 +46,10 @@ class Optimizer:
                     f"but the network has {n_params} {np.dtype(dtype).name} parameters: use a new optimizer "
                     "for another network")
 
-    def _update_rule(self, lr=None):
-        """The compiled rule for one fit, at learning rate `lr` (the optimizer's own if None)."""
+    def _update_rule(self, lr=None, l2=0.0):
+        """The compiled rule for one fit, at learning rate `lr` (the optimizer's own if None), with
+        scikit-learn's L2 penalty `l2` (fit's alpha: l2 * W / the batch's weight sum added to the
+        gradient, the bias row apart)."""
         raise NotImplementedError
 
     def _snapshot(self):
@@ -96,13 +98,13 @@ class SGD(Optimizer):
     def _state_names(self):
         return ("momentum_buffer",) if self.momentum > 0 else ()
 
-    def _update_rule(self, lr=None):
+    def _update_rule(self, lr=None, l2=0.0):
         lr = self.lr if lr is None else lr
-        if self.momentum == 0 and self.weight_decay == 0:
+        if self.momentum == 0 and self.weight_decay == 0 and l2 == 0:
             return _compiled.UpdateRule(_compiled.SGD, lr)
         return _compiled.UpdateRule(_compiled.SGD_MOMENTUM, lr, momentum=self.momentum,
                                     nesterov=self.nesterov, weight_decay=self.weight_decay,
-                                    first_moment=self.state.get("momentum_buffer"))
+                                    first_moment=self.state.get("momentum_buffer"), l2=l2)
 
     def _settings(self):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
@@ -122,6 +124,9 @@ class Adam(Optimizer):
     The compiled step computes the last line in the paper's equal form with one division per weight,
     ``w - (lr * c2 / c1) * m / (sqrt(v) + eps * c2)`` (c1, c2 the two corrections): the same update but
     for rounding, to about 1e-16 in float64 per step.
+
+    ``eps_form = "sklearn"`` (an attribute, default "pytorch") puts eps where scikit-learn's
+    AdamOptimizer does, ``w - (lr * c2 / c1) * m / (sqrt(v) + eps)``: what mlpcore.sklearn uses.
     """
 
     _STATE = ("exp_avg", "exp_avg_sq")
@@ -137,12 +142,19 @@ class Adam(Optimizer):
                       check.check_real(beta2, "betas[1]", low=0, high=1, high_open=True))
         self.eps = check.check_real(eps, "eps", low=0)
         self.weight_decay = check.check_real(weight_decay, "weight_decay", low=0)
+        self.eps_form = "pytorch"
 
-    def _update_rule(self, lr=None):
+    def _update_rule(self, lr=None, l2=0.0):
+        if self.eps_form not in ("pytorch", "sklearn"):
+            raise ValueError(f"eps_form must be 'pytorch' or 'sklearn', got {self.eps_form!r}")
+        if l2 != 0 and self._DECOUPLED:
+            raise ValueError("alpha (an L2 penalty in the gradient) does not go with AdamW's decoupled decay: "
+                             "use Adam, or AdamW's weight_decay alone")
         return _compiled.UpdateRule(_compiled.ADAM, self.lr if lr is None else lr, beta1=self.betas[0],
                                     beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay,
                                     decoupled=self._DECOUPLED, first_moment=self.state.get("exp_avg"),
-                                    second_moment=self.state.get("exp_avg_sq"))
+                                    second_moment=self.state.get("exp_avg_sq"), l2=l2,
+                                    eps_before_correction=self.eps_form == "sklearn")
 
     def _settings(self):
         return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}

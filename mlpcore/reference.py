@@ -5,7 +5,11 @@ a textbook in minutes. The compiled core must compute exactly this; the tests ho
 
 The network: weights ``W[0], ..., W[L-1]``, each bias-augmented with shape ``(n_in + 1, n_out)``, the last
 row being the bias. Each layer's input gets a column of ones appended, so ``a @ W`` includes the bias.
-Hidden layers use ReLU, the output layer softmax, the loss is the mean cross-entropy.
+Hidden layers use ReLU, the output layer softmax, the loss is the mean cross-entropy, unless told
+otherwise: every function of the whole network takes ``activation`` (ReLU, tanh, logistic, identity) and
+``loss``, the head (softmax + cross-entropy, sigmoid + binary cross-entropy, identity + squared error,
+exp + Poisson deviance), each output paired with its canonical loss, so that the error at the last
+pre-activations is always output - target.
 
 Targets ``y`` are integer labels of shape ``(n,)`` or target distributions of shape ``(n, K)`` (e.g. one-hot).
 Everything is computed in the dtype of the weights.
@@ -25,6 +29,27 @@ def relu(z):
 def relu_derivative(z):
     # 0 at z == 0 (and below): the student's version used z >= 0.
     return (z > 0).astype(z.dtype)
+
+
+def tanh_derivative(z):
+    return 1 - np.tanh(z) ** 2
+
+
+def logistic(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def logistic_derivative(z):
+    return logistic(z) * (1 - logistic(z))
+
+
+# activation name: (f, f')
+ACTIVATIONS = {
+    "relu": (relu, relu_derivative),
+    "tanh": (np.tanh, tanh_derivative),
+    "logistic": (logistic, logistic_derivative),
+    "identity": (lambda z: z, np.ones_like),
+}
 
 
 def softmax(z):
@@ -48,13 +73,39 @@ def targets_matrix(y, n_classes, dtype):
     return T
 
 
+def output(z, loss="cross_entropy"):
+    """The head's output from the last pre-activations z."""
+    if loss == "cross_entropy":
+        return softmax(z)
+    if loss == "binary_cross_entropy":
+        return logistic(z)
+    if loss == "squared_error":
+        return z
+    return np.exp(z)  # poisson
+
+
+def row_losses(z, T, loss="cross_entropy"):
+    """Each row's loss: summed over its outputs."""
+    if loss == "cross_entropy":
+        return -(T * log_softmax(z)).sum(axis=1)
+    if loss == "binary_cross_entropy":
+        # -t log(sigmoid z) - (1 - t) log(1 - sigmoid z), written without overflow
+        return (np.maximum(z, 0) - T * z + np.log1p(np.exp(-np.abs(z)))).sum(axis=1)
+    if loss == "squared_error":
+        return 0.5 * ((z - T) ** 2).sum(axis=1)
+    # poisson: exp(z) - t z + t log t - t (half the deviance; t log t is 0 at t = 0)
+    t_log_t = np.where(T > 0, T * np.log(np.where(T > 0, T, 1)), 0)
+    return (np.exp(z) - T * z + t_log_t - T).sum(axis=1)
+
+
 # -------------------------------------------------------------------------------------------------
 # One operation each: what each compiled kernel computes (the tests hold each kernel to these).
 
-def dense_forward(a, W, relu_output=True):
-    """One layer: the input a gets its column of ones, times W; ReLU applied to a hidden layer's output."""
+def dense_forward(a, W, relu_output=True, activation="relu"):
+    """One layer: the input a gets its column of ones, times W; the activation (ReLU unless told
+    otherwise) applied to a hidden layer's output."""
     z = add_ones_column(a) @ W
-    return relu(z) if relu_output else z
+    return ACTIVATIONS[activation][0](z) if relu_output else z
 
 
 def head(logits, T):
@@ -66,13 +117,13 @@ def head(logits, T):
     return cross_entropy(logits, T), (softmax(logits) - T) / logits.shape[0]
 
 
-def error_passed_down(delta, W, z_below):
+def error_passed_down(delta, W, z_below, activation="relu"):
     """The error at the layer below's pre-activation z_below, from the error delta at this layer's.
 
     Back through W without its bias row (the ones column has no input to pass error to), then through
-    the ReLU of the layer below.
+    the activation (ReLU unless told otherwise) of the layer below.
     """
-    return (delta @ W[:-1].T) * relu_derivative(z_below)
+    return (delta @ W[:-1].T) * ACTIVATIONS[activation][1](z_below)
 
 
 def weight_gradient(a_with_ones, delta):
@@ -84,7 +135,7 @@ def weight_gradient(a_with_ones, delta):
 # -------------------------------------------------------------------------------------------------
 # The whole network
 
-def forward_all(weights, X, keep_masks=None, dropout=0.0):
+def forward_all(weights, X, keep_masks=None, dropout=0.0, activation="relu"):
     """Forward pass keeping what backward needs.
 
     Returns (inputs, pre_activations): inputs[i] is the ones-augmented input of layer i; pre_activations[i]
@@ -97,16 +148,16 @@ def forward_all(weights, X, keep_masks=None, dropout=0.0):
         z = dense_forward(a, W, relu_output=False)
         inputs.append(add_ones_column(a))
         pre_activations.append(z)
-        a = relu(z) if i < len(weights) - 1 else z
+        a = ACTIVATIONS[activation][0](z) if i < len(weights) - 1 else z
         if keep_masks is not None and i < len(weights) - 1:
             a = a * keep_masks[i] * dropout_scale(dropout)
     return inputs, pre_activations
 
 
-def forward(weights, X):
-    """Class probabilities, shape (n, K)."""
-    _, pre_activations = forward_all(weights, X)
-    return softmax(pre_activations[-1])
+def forward(weights, X, activation="relu", loss="cross_entropy"):
+    """The network's output, shape (n, K): class probabilities for the default head."""
+    _, pre_activations = forward_all(weights, X, activation=activation)
+    return output(pre_activations[-1], loss)
 
 
 def cross_entropy(logits, T):
@@ -114,38 +165,43 @@ def cross_entropy(logits, T):
     return float(-(T * log_softmax(logits)).sum() / logits.shape[0])
 
 
-def loss(weights, X, y):
-    _, pre_activations = forward_all(weights, X)
-    logits = pre_activations[-1]
-    return cross_entropy(logits, targets_matrix(y, logits.shape[1], logits.dtype))
+def loss(weights, X, y, activation="relu", loss="cross_entropy"):
+    _, pre_activations = forward_all(weights, X, activation=activation)
+    z = pre_activations[-1]
+    return float(row_losses(z, targets_matrix(y, z.shape[1], z.dtype), loss).mean())
 
 
 def loss_and_gradients(weights, X, y, *, label_smoothing=0.0, sample_weight=None, keep_masks=None,
-                       dropout=0.0):
-    """Mean cross-entropy and its gradient with respect to every weight matrix.
+                       dropout=0.0, activation="relu", loss="cross_entropy", alpha=0.0):
+    """Mean loss (cross-entropy unless told otherwise) and its gradient with respect to every weight
+    matrix.
 
     label_smoothing eps trains on (1 - eps) T + eps / K; sample_weight makes the loss the weighted mean
     of the rows'; keep_masks (one 0/1 array per hidden layer, see dropout_mask) apply inverted dropout of
-    probability `dropout` to the hidden outputs (kept units scaled by dropout_scale(dropout)).
+    probability `dropout` to the hidden outputs (kept units scaled by dropout_scale(dropout)). alpha is
+    scikit-learn's L2 penalty: 0.5 * alpha * sum ||W[:-1]||^2 / (the rows' weight sum) added to the loss,
+    its gradient alpha * W[:-1] / (that sum) to the weights' (bias rows apart).
     """
-    inputs, pre_activations = forward_all(weights, X, keep_masks, dropout)
-    logits = pre_activations[-1]
-    K = logits.shape[1]
-    T = targets_matrix(y, K, logits.dtype)
+    inputs, pre_activations = forward_all(weights, X, keep_masks, dropout, activation)
+    z = pre_activations[-1]
+    K = z.shape[1]
+    T = targets_matrix(y, K, z.dtype)
     if label_smoothing:
         T = (1 - label_smoothing) * T + label_smoothing / K
-    if sample_weight is None:
-        value, delta = head(logits, T)
-    else:
-        # The weighted mean: row i's loss and error count w_i / sum(w) times instead of 1 / n.
-        w = np.asarray(sample_weight, dtype=logits.dtype)[:, None]
-        value = float(-(w * T * log_softmax(logits)).sum() / w.sum())
-        delta = w * (softmax(logits) - T) / w.sum()
+    # The weighted mean: row i's loss and error count w_i / sum(w) times instead of 1 / n.
+    w = np.ones((z.shape[0], 1), dtype=z.dtype) if sample_weight is None else \
+        np.asarray(sample_weight, dtype=z.dtype)[:, None]
+    value = float((w[:, 0] * row_losses(z, T, loss)).sum() / w.sum())
+    # For each head with its canonical loss the error at z is output - target (no extra derivative).
+    delta = w * (output(z, loss) - T) / w.sum()
     grads = [None] * len(weights)
     for i in range(len(weights) - 1, -1, -1):
         grads[i] = weight_gradient(inputs[i], delta)
+        if alpha:
+            value += 0.5 * alpha * float((weights[i][:-1] ** 2).sum()) / float(w.sum())
+            grads[i] = grads[i] + alpha * _without_bias_row(weights[i]) * weights[i] / w.sum()
         if i > 0:
-            delta = error_passed_down(delta, weights[i], pre_activations[i - 1])
+            delta = error_passed_down(delta, weights[i], pre_activations[i - 1], activation)
             if keep_masks is not None:
                 delta = delta * keep_masks[i - 1] * dropout_scale(dropout)
     return value, grads
@@ -184,9 +240,10 @@ def sgd_step(weights, grads, buffers, lr, momentum=0.0, nesterov=False, weight_d
 
 
 def adam_step(weights, grads, m, v, step, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-              decoupled=False):
+              decoupled=False, eps_form="pytorch"):
     """One Adam step (AdamW with decoupled=True) on every W, in place; m and v are the moments (zeros at
-    first), `step` the number of this step, from 1."""
+    first), `step` the number of this step, from 1. eps_form="sklearn" adds eps to sqrt(v) itself, as
+    scikit-learn's AdamOptimizer: lr * c2 / c1 * m / (sqrt(v) + eps)."""
     beta1, beta2 = betas
     bias_correction1 = 1 - beta1 ** step
     bias_correction2_sqrt = np.sqrt(1 - beta2 ** step)
@@ -198,7 +255,10 @@ def adam_step(weights, grads, m, v, step, lr, betas=(0.9, 0.999), eps=1e-8, weig
             g = g + decay * W
         m_W[...] = beta1 * m_W + (1 - beta1) * g
         v_W[...] = beta2 * v_W + (1 - beta2) * g * g
-        W -= (lr / bias_correction1) * m_W / (np.sqrt(v_W) / bias_correction2_sqrt + eps)
+        if eps_form == "sklearn":
+            W -= (lr * bias_correction2_sqrt / bias_correction1) * m_W / (np.sqrt(v_W) + eps)
+        else:
+            W -= (lr / bias_correction1) * m_W / (np.sqrt(v_W) / bias_correction2_sqrt + eps)
 
 
 def cosine_factor(progress, warmup=0.0, final=0.0):

@@ -2,8 +2,9 @@
 # around the work. What each piece does lives in its own file:
 #
 #   _blas.pxd           the BLAS shim (row-major gemm over scipy.linalg.cython_blas)
-#   _layers.pxd         one dense ReLU layer: forward, error passed down, weight and bias gradients
-#   _head.pxd           softmax-cross-entropy: loss and the gradient at the logits
+#   _layers.pxd         one dense layer: forward, error passed down, weight and bias gradients
+#   _activations.pxd    the hidden layers' activations and their derivatives (ReLU, tanh, logistic, identity)
+#   _head.pxd           the heads: loss, the gradient at the output layer, the output (softmax and others)
 #   _workspace.pxd      the parameter layout, and a call's workspace carved into buffers
 #   _team.pxd           the OpenMP team: barrier, who does which rows or features, why it cannot deadlock
 #   _update_rules.pxd   what becomes of a gradient (SGD, gradients only): the one place weights are written
@@ -33,6 +34,8 @@ from _workspace cimport (Workspace, workspace_size as _workspace_size, carve_wor
 from _update_rules cimport Rule, RuleKind, RULE_GRADIENTS_ONLY, RULE_SGD, RULE_SGD_MOMENTUM, RULE_ADAM
 from _training cimport TeamResult, Regularisation, train_member
 from _inference cimport evaluate_member
+from _activations cimport ACT_IDENTITY, ACT_RELU, ACT_TANH, ACT_LOGISTIC
+from _head cimport HEAD_SOFTMAX, HEAD_SIGMOID, HEAD_SQUARED, HEAD_POISSON
 
 #: Whether this build runs training on several threads (it was compiled with OpenMP).
 OPENMP = bool(MLPCORE_OPENMP)
@@ -45,6 +48,20 @@ GRADIENTS_ONLY = RULE_GRADIENTS_ONLY
 SGD = RULE_SGD
 SGD_MOMENTUM = RULE_SGD_MOMENTUM
 ADAM = RULE_ADAM
+#: The hidden layers' activations (_activations.pxd), by the names Network takes.
+ACTIVATIONS = {"identity": ACT_IDENTITY, "relu": ACT_RELU, "tanh": ACT_TANH, "logistic": ACT_LOGISTIC}
+#: The heads (_head.pxd), by the names of their losses as Network takes them.
+HEADS = {"cross_entropy": HEAD_SOFTMAX, "binary_cross_entropy": HEAD_SIGMOID, "squared_error": HEAD_SQUARED,
+         "poisson": HEAD_POISSON}
+
+
+def _check_kind(int activation, int head, bint use_labels):
+    if activation not in ACTIVATIONS.values():
+        raise ValueError(f"unknown activation {activation}")
+    if head not in HEADS.values():
+        raise ValueError(f"unknown head {head}")
+    if use_labels and head != HEAD_SOFTMAX:
+        raise ValueError("integer labels are for the softmax head only; the others take rows of targets")
 
 
 cdef class UpdateRule:
@@ -62,7 +79,8 @@ cdef class UpdateRule:
 
     def __init__(self, int kind, double lr=0.0, *, double momentum=0.0, bint nesterov=False,
                  double weight_decay=0.0, double beta1=0.9, double beta2=0.999, double eps=1e-8,
-                 bint decoupled=False, first_moment=None, second_moment=None):
+                 bint decoupled=False, first_moment=None, second_moment=None, double l2=0.0,
+                 bint eps_before_correction=False):
         if not RULE_GRADIENTS_ONLY <= kind <= RULE_ADAM:
             raise ValueError(f"unknown update rule kind {kind}")
         if kind != RULE_GRADIENTS_ONLY and not 0 < lr < float("inf"):
@@ -71,6 +89,11 @@ cdef class UpdateRule:
                 and 0 <= beta2 < 1 and 0 <= eps < float("inf")):
             raise ValueError("the update rule's settings are out of range: momentum, weight_decay and eps "
                              "must be finite and >= 0, beta1 and beta2 in [0, 1)")
+        if not 0 <= l2 < float("inf"):
+            raise ValueError(f"l2 must be finite and >= 0, got {l2}")
+        if l2 != 0 and (kind not in (RULE_SGD_MOMENTUM, RULE_ADAM) or decoupled):
+            raise ValueError("l2 is for SGD_MOMENTUM (which with momentum 0 is plain SGD) and ADAM without "
+                             "decoupled decay")
         needs_first = kind == RULE_ADAM or (kind == RULE_SGD_MOMENTUM and momentum != 0)
         needs_second = kind == RULE_ADAM
         if needs_first != (first_moment is not None) or needs_second != (second_moment is not None):
@@ -80,6 +103,7 @@ cdef class UpdateRule:
         self.rule.lr = lr
         self.rule.momentum, self.rule.nesterov, self.rule.weight_decay = momentum, nesterov, weight_decay
         self.rule.beta1, self.rule.beta2, self.rule.eps, self.rule.decoupled = beta1, beta2, eps, decoupled
+        self.rule.l2, self.rule.eps_before_correction = l2, eps_before_correction
         self.rule.step = 0
         self.rule.lr_factors = NULL
         self._lr_factors = None
@@ -338,7 +362,7 @@ cdef void _release_team(Workspace* space, double* losses) noexcept nogil:
 
 cdef double _evaluate(const floating[::1] params, const Py_ssize_t[::1] sizes, const floating[:, ::1] X,
                       floating* out, const Py_ssize_t* labels, const floating* targets, floating[::1] work,
-                      Py_ssize_t chunk, int workers, bint* input_finite) except? -1:
+                      Py_ssize_t chunk, int workers, bint* input_finite, int activation, int head) except? -1:
     """Run evaluate_member on a team of `workers` (see train_batches); returns the summed loss, and
     whether the first layer's pre-activations were all finite into input_finite."""
     cdef Py_ssize_t n_layers = sizes.shape[0] - 1
@@ -354,11 +378,12 @@ cdef double _evaluate(const floating[::1] params, const Py_ssize_t[::1] sizes, c
     with nogil:
         if workers == 1:
             evaluate_member(&params[0], &sizes[0], n_layers, &X[0, 0], X.shape[0], chunk, &space, out,
-                            labels, targets, losses, 0, 1)
+                            labels, targets, losses, 0, 1, activation, head)
         else:
             with parallel(num_threads=workers):
                 evaluate_member(&params[0], &sizes[0], n_layers, &X[0, 0], X.shape[0], chunk, &space, out,
-                                labels, targets, losses, mlpcore_member(), mlpcore_team_size())
+                                labels, targets, losses, mlpcore_member(), mlpcore_team_size(), activation,
+                                head)
         input_finite[0] = True
         for w in range(workers):
             total += losses[w * LOSS_STRIDE]
@@ -368,8 +393,9 @@ cdef double _evaluate(const floating[::1] params, const Py_ssize_t[::1] sizes, c
 
 
 def predict_proba(const floating[::1] params, const Py_ssize_t[::1] sizes, const floating[:, ::1] X,
-                  floating[:, ::1] out, floating[::1] work, Py_ssize_t chunk, int workers=1):
-    """out = softmax(network(X)), `chunk` rows at a time shared out between `workers` threads (BLAS must
+                  floating[:, ::1] out, floating[::1] work, Py_ssize_t chunk, int workers=1, *,
+                  int activation=ACT_RELU, int head=HEAD_SOFTMAX):
+    """out = the network's output for X (the head's: softmax, sigmoid, identity or exp), `chunk` rows at a time shared out between `workers` threads (BLAS must
     be single-threaded when workers > 1; see train_batches), the GIL released.
 
     Returns whether the first layer's pre-activations were all finite: False when X holds NaN or
@@ -377,14 +403,15 @@ def predict_proba(const floating[::1] params, const Py_ssize_t[::1] sizes, const
     for them first."""
     cdef bint input_finite
     _check_data(sizes, params.shape[0], X.shape[0], X.shape[1], None, out.shape[0], out.shape[1], "out")
-    _evaluate(params, sizes, X, &out[0, 0], NULL, NULL, work, chunk, workers, &input_finite)
+    _check_kind(activation, head, False)
+    _evaluate(params, sizes, X, &out[0, 0], NULL, NULL, work, chunk, workers, &input_finite, activation, head)
     return input_finite
 
 
 def mean_loss(const floating[::1] params, const Py_ssize_t[::1] sizes, const floating[:, ::1] X,
               const Py_ssize_t[::1] labels, const floating[:, ::1] targets, floating[::1] work,
-              Py_ssize_t chunk, int workers=1):
-    """(mean cross-entropy over X, whether the first layer's pre-activations were all finite: see
+              Py_ssize_t chunk, int workers=1, *, int activation=ACT_RELU, int head=HEAD_SOFTMAX):
+    """(mean loss of the head over X, whether the first layer's pre-activations were all finite: see
     predict_proba), `chunk` rows at a time shared out between `workers` threads. Targets are `labels` if
     it is not empty."""
     cdef bint use_labels = labels.shape[0] > 0
@@ -392,8 +419,10 @@ def mean_loss(const floating[::1] params, const Py_ssize_t[::1] sizes, const flo
     cdef double total
     _check_data(sizes, params.shape[0], X.shape[0], X.shape[1], labels, targets.shape[0],
                 targets.shape[1])
+    _check_kind(activation, head, use_labels)
     total = _evaluate(params, sizes, X, NULL, &labels[0] if use_labels else NULL,
-                      NULL if use_labels else &targets[0, 0], work, chunk, workers, &input_finite)
+                      NULL if use_labels else &targets[0, 0], work, chunk, workers, &input_finite, activation,
+                      head)
     return total / X.shape[0], input_finite
 
 
@@ -403,7 +432,8 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
                   Py_ssize_t batch_size, Py_ssize_t first_batch, Py_ssize_t stop_batch,
                   UpdateRule rule, floating[::1] work, Py_ssize_t[::1] label_work, int workers=1, *,
                   const floating[::1] sample_weight=None, floating[::1] weight_work=None,
-                  double label_smoothing=0.0, double dropout=0.0, uint64_t dropout_key=0):
+                  double label_smoothing=0.0, double dropout=0.0, uint64_t dropout_key=0,
+                  int activation=ACT_RELU, int head=HEAD_SOFTMAX):
     """Train batches first_batch..stop_batch-1 of one pass over X, in place, the GIL released.
 
     Batch b holds the rows order[b * batch_size : (b + 1) * batch_size] (the last one may be shorter);
@@ -462,6 +492,11 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    _check_kind(activation, head, use_labels)
+    if dropout != 0 and activation != ACT_RELU:
+        raise ValueError("dropout is implemented for ReLU hidden layers only")
+    if label_smoothing != 0 and head != HEAD_SOFTMAX:
+        raise ValueError("label smoothing is for the softmax head only")
     extra.sample_weight = &sample_weight[0] if sample_weight is not None else NULL
     extra.weight_work = &weight_work[0] if weight_work is not None and weight_work.shape[0] > 0 else NULL
     extra.label_smoothing, extra.dropout, extra.dropout_key = label_smoothing, dropout, dropout_key
@@ -472,12 +507,13 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
             # No parallel region at all: the calling thread is a team of one, its barriers no-ops.
             train_member(&params[0], &grads[0], &sizes[0], n_layers, X_data, n, label_data, target_data,
                          order_data, batch_size, first_batch, stop_batch, &rule.rule, &extra, &space,
-                         &label_work[0] if label_work.shape[0] > 0 else NULL, losses, &result, 0, 1)
+                         &label_work[0] if label_work.shape[0] > 0 else NULL, losses, &result, 0, 1,
+                         activation, head)
         else:
             with parallel(num_threads=workers):
                 train_member(&params[0], &grads[0], &sizes[0], n_layers, X_data, n, label_data,
                              target_data, order_data, batch_size, first_batch, stop_batch, &rule.rule,
                              &extra, &space, &label_work[0] if label_work.shape[0] > 0 else NULL, losses, &result,
-                             mlpcore_member(), mlpcore_team_size())
+                             mlpcore_member(), mlpcore_team_size(), activation, head)
     _release_team(&space, losses)
     return result.total, result.done, result.correct

@@ -1,9 +1,12 @@
-# The softmax-cross-entropy head, on raw row-major pointers: the loss of each row and the gradient at the
-# logits (P - T, scaled) in one pass per row, and softmax alone for inference. Rows are independent: any
-# block of rows can be done on its own. Called by the training loop and inference.
-
+# The heads: what turns the last layer's pre-activations z into the loss and the gradient at z, and into
+# the network's output at inference. The one place to add one: its enum value, its loss and gradient in
+# loss_and_gradient, its output in output_rows. Every head here pairs an output with its canonical loss,
+# so the gradient at z is always (output - target), scaled: softmax with cross-entropy (classes), sigmoid
+# with binary cross-entropy (independent labels), identity with squared error and exp with Poisson
+# deviance (regression). On raw row-major pointers; rows are independent: any block of rows can be done
+# on its own. Called by the training loop and inference.
 from cython cimport floating
-from libc.math cimport exp, expf, log, logf
+from libc.math cimport exp, expf, log, logf, log1p, log1pf, fabs
 from libc.string cimport memset
 
 
@@ -135,3 +138,94 @@ cdef inline void softmax_rows(floating* z, Py_ssize_t m, Py_ssize_t n_classes) n
         inv_s = 1 / exp_shifted(row, n_classes, row_max(row, n_classes))
         for j in range(n_classes):
             row[j] *= inv_s
+
+
+cdef enum Head:
+    HEAD_SOFTMAX = 0    # softmax output, cross-entropy against labels or distributions over the classes
+    HEAD_SIGMOID = 1    # sigmoid on each output, binary cross-entropy against targets in [0, 1]
+    HEAD_SQUARED = 2    # identity output, half the squared error summed over the outputs
+    HEAD_POISSON = 3    # exp output, Poisson deviance / 2: exp(z) - t z + t log t - t, summed over outputs
+
+
+cdef inline floating log1p_of(floating x) noexcept nogil:
+    if floating is float:
+        return log1pf(x)
+    else:
+        return log1p(x)
+
+
+cdef inline double elementwise_loss_and_gradient(int head, floating* z, Py_ssize_t m, Py_ssize_t n_outputs,
+                                                 const floating* targets, floating grad_scale,
+                                                 floating* column_sums, Py_ssize_t* n_correct,
+                                                 const floating* row_weights) noexcept nogil:
+    """The heads whose outputs are independent of each other (all but softmax): as
+    softmax_cross_entropy, with targets always rows. A row counts as right (sigmoid only) when every
+    output is on the target's side of 1/2."""
+    cdef double total = 0, row_loss
+    cdef floating v, t, out, scale
+    cdef floating* row
+    cdef const floating* t_row
+    cdef Py_ssize_t i, j, wrong
+    if column_sums != NULL:
+        memset(column_sums, 0, n_outputs * sizeof(floating))
+    if n_correct != NULL:
+        n_correct[0] = 0
+    for i in range(m):
+        row = z + i * n_outputs
+        t_row = targets + i * n_outputs
+        row_loss = 0
+        wrong = 0
+        for j in range(n_outputs):
+            v, t = row[j], t_row[j]
+            if head == HEAD_SIGMOID:
+                # log(1 + exp(v)) - t v without overflow: max(v, 0) - t v + log(1 + exp(-|v|)).
+                row_loss += (v if v > 0 else 0) - t * v + log1p_of(exp_of(-fabs(v)))
+                out = 1 / (1 + exp_of(-v))
+                wrong += (v > 0) != (t > <floating>0.5)
+            elif head == HEAD_SQUARED:
+                out = v
+                row_loss += <floating>0.5 * (v - t) * (v - t)
+            else:
+                out = exp_of(v)
+                row_loss += out - t * v + (t * log_of(t) - t if t > 0 else 0)
+            row[j] = out - t
+        scale = grad_scale
+        if row_weights != NULL:
+            row_loss *= row_weights[i]
+            scale = grad_scale * row_weights[i]
+        total += row_loss
+        for j in range(n_outputs):
+            row[j] *= scale
+        if column_sums != NULL:
+            for j in range(n_outputs):
+                column_sums[j] += row[j]
+        if n_correct != NULL and head == HEAD_SIGMOID:
+            n_correct[0] += wrong == 0
+    return total
+
+
+cdef inline double loss_and_gradient(int head, floating* z, Py_ssize_t m, Py_ssize_t n_outputs,
+                                     const Py_ssize_t* labels, const floating* targets, floating grad_scale,
+                                     floating* column_sums, Py_ssize_t* n_correct, floating smoothing,
+                                     const floating* row_weights) noexcept nogil:
+    """The head's summed loss over the rows of z (m x n_outputs), z overwritten with grad_scale * (output
+    - target) (times the row's weight), its column sums into column_sums unless NULL: see
+    softmax_cross_entropy. Integer labels and label smoothing are the softmax head's alone."""
+    if head == HEAD_SOFTMAX:
+        return softmax_cross_entropy(z, m, n_outputs, labels, targets, grad_scale, column_sums, n_correct,
+                                     smoothing, row_weights)
+    return elementwise_loss_and_gradient(head, z, m, n_outputs, targets, grad_scale, column_sums, n_correct,
+                                         row_weights)
+
+
+cdef inline void output_rows(int head, floating* z, Py_ssize_t m, Py_ssize_t n_outputs) noexcept nogil:
+    """Replace the rows of z (m x n_outputs) with the head's output: softmax, sigmoid, z itself or exp."""
+    cdef Py_ssize_t i
+    if head == HEAD_SOFTMAX:
+        softmax_rows(z, m, n_outputs)
+    elif head == HEAD_SIGMOID:
+        for i in range(m * n_outputs):
+            z[i] = 1 / (1 + exp_of(-z[i]))
+    elif head == HEAD_POISSON:
+        for i in range(m * n_outputs):
+            z[i] = exp_of(z[i])

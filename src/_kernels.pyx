@@ -12,7 +12,8 @@ from _layers cimport (dense_forward as _dense_forward, partial_product as _parti
                       dropout as _dropout, splitmix64 as _splitmix64)
 from _training cimport dropout_threshold, dropout_keep_scale
 from libc.stdint cimport uint64_t
-from _head cimport softmax_cross_entropy as _softmax_cross_entropy, softmax_rows as _softmax_rows
+from _head cimport (softmax_cross_entropy as _softmax_cross_entropy, softmax_rows as _softmax_rows,
+                    loss_and_gradient as _loss_and_gradient, output_rows as _output_rows)
 from _team cimport share_start as _share_start, block_start as _block_start
 from _update_rules cimport Rule, RuleKind, WeightBlock, write_weight_block as _write_weight_block
 
@@ -50,14 +51,16 @@ def block_start(Py_ssize_t width, int member, int team):
     return _block_start(width, member, team)
 
 
-def dense_forward(const floating[:, ::1] x, const floating[:, ::1] w, floating[:, ::1] z, bint relu,
+def dense_forward(const floating[:, ::1] x, const floating[:, ::1] w, floating[:, ::1] z, int activation,
                   Py_ssize_t first_col, Py_ssize_t stop_col, bint check_finite=False):
-    """Columns first_col..stop_col-1 of z = x . w[:-1] + w[-1], ReLU applied if asked. Returns whether
+    """Columns first_col..stop_col-1 of z = f(x . w[:-1] + w[-1]), f the activation (0 identity, 1 ReLU,
+    2 tanh, 3 logistic: mlpcore._compiled.ACTIVATIONS). Returns whether
     those pre-activations were all finite (with check_finite; else True)."""
     _require(w.shape[0] == x.shape[1] + 1 and z.shape[0] == x.shape[0] and z.shape[1] == w.shape[1],
              "shapes")
     _check_range(first_col, stop_col, z.shape[1], "columns")
-    return _dense_forward(&x[0, 0], x.shape[0], x.shape[1], &w[0, 0], w.shape[1], &z[0, 0], relu, first_col,
+    _require(0 <= activation <= 3, "activation")
+    return _dense_forward(&x[0, 0], x.shape[0], x.shape[1], &w[0, 0], w.shape[1], &z[0, 0], activation, first_col,
                           stop_col, check_finite)
 
 
@@ -73,33 +76,34 @@ def partial_product(const floating[:, ::1] x, const floating[:, ::1] w, Py_ssize
 
 def add_partial_products(floating[:, :, ::1] partials, Py_ssize_t first_row, Py_ssize_t stop_row,
                          Py_ssize_t first_col, Py_ssize_t stop_col, const floating[::1] bias,
-                         floating[:, ::1] out, bint relu):
-    """out[rows, cols] = sum of the partials + bias, ReLU applied if asked."""
+                         floating[:, ::1] out, int activation):
+    """out[rows, cols] = f(sum of the partials + bias), f the activation."""
     cdef Py_ssize_t p, n_parts = partials.shape[0]
     cdef floating** parts
     _require(n_parts >= 1 and partials.shape[1] == out.shape[0] and partials.shape[2] == out.shape[1]
              and bias.shape[0] == out.shape[1], "shapes")
     _check_range(first_row, stop_row, out.shape[0], "rows")
     _check_range(first_col, stop_col, out.shape[1], "columns")
+    _require(0 <= activation <= 3, "activation")
     parts = <floating**>malloc(n_parts * sizeof(floating*))
     for p in range(n_parts):
         parts[p] = &partials[p, 0, 0]
     _add_partial_products(parts, <int>n_parts, out.shape[1], first_row, stop_row, first_col, stop_col,
-                          &bias[0], &out[0, 0], relu)
+                          &bias[0], &out[0, 0], activation)
     free(parts)
 
 
 def pass_error_down(const floating[:, ::1] dz, const floating[:, ::1] w, const floating[:, ::1] x,
                     floating[:, ::1] dx, floating[::1] dx_column_sums, Py_ssize_t first_col,
-                    Py_ssize_t stop_col, double keep_scale=1.0):
-    """Columns first_col..stop_col-1 of dx = (dz . w[:-1]^T) * (x > 0) * keep_scale, and their column
-    sums."""
+                    Py_ssize_t stop_col, double keep_scale=1.0, int activation=1):
+    """Columns first_col..stop_col-1 of dx = (dz . w[:-1]^T) * f'(z below) * keep_scale, f' from x = f(z
+    below) (for ReLU, x > 0), and their column sums."""
     _require(w.shape[1] == dz.shape[1] and w.shape[0] == x.shape[1] + 1 and x.shape[0] == dz.shape[0]
              and dx.shape[0] == x.shape[0] and dx.shape[1] == x.shape[1]
              and dx_column_sums.shape[0] == x.shape[1], "shapes")
     _check_range(first_col, stop_col, x.shape[1], "columns")
     _pass_error_down(&dz[0, 0], dz.shape[0], dz.shape[1], &w[0, 0], x.shape[1], &x[0, 0], &dx[0, 0],
-                     &dx_column_sums[0], first_col, stop_col, <floating>keep_scale)
+                     &dx_column_sums[0], first_col, stop_col, <floating>keep_scale, activation)
 
 
 def weight_gradient(const floating[:, ::1] x, const floating[:, ::1] dz, Py_ssize_t first_row,
@@ -149,6 +153,27 @@ def softmax_cross_entropy(floating[:, ::1] z, const Py_ssize_t[::1] labels, cons
                                   <floating>smoothing, &row_weights[0] if row_weights is not None else NULL)
 
 
+def head_loss_and_gradient(int head, floating[:, ::1] z, const floating[:, ::1] targets, double grad_scale,
+                           floating[::1] column_sums, const floating[::1] row_weights=None):
+    """The head's (mlpcore._compiled.HEADS) summed loss of the rows of z against the rows of targets; z
+    becomes grad_scale * (output - targets) (times the row weights), its column sums go to column_sums (if
+    not empty)."""
+    _require(0 <= head <= 3, "head")
+    _require(z.shape[0] >= 1 and z.shape[1] >= 1 and targets.shape[0] == z.shape[0]
+             and targets.shape[1] == z.shape[1] and column_sums.shape[0] in (0, z.shape[1]), "shapes")
+    _require(row_weights is None or row_weights.shape[0] == z.shape[0], "shapes")
+    return _loss_and_gradient(head, &z[0, 0], z.shape[0], z.shape[1], NULL, &targets[0, 0],
+                              <floating>grad_scale, &column_sums[0] if column_sums.shape[0] > 0 else NULL,
+                              NULL, <floating>0, &row_weights[0] if row_weights is not None else NULL)
+
+
+def head_output(int head, floating[:, ::1] z):
+    """Each row of z replaced by the head's output."""
+    _require(0 <= head <= 3, "head")
+    _require(z.shape[0] >= 1 and z.shape[1] >= 1, "shapes")
+    _output_rows(head, &z[0, 0], z.shape[0], z.shape[1])
+
+
 def softmax_rows(floating[:, ::1] z):
     """Each row of z replaced by its softmax."""
     _require(z.shape[0] >= 1 and z.shape[1] >= 1, "shapes")
@@ -162,7 +187,8 @@ def write_weight_block(int kind, double lr, floating[::1] params, floating[::1] 
                        const floating[:, ::1] dz, *, double momentum=0.0, bint nesterov=False,
                        double weight_decay=0.0, double beta1=0.9, double beta2=0.999, double eps=1e-8,
                        bint decoupled=False, Py_ssize_t step=0, floating[::1] first_moment=None,
-                       floating[::1] second_moment=None):
+                       floating[::1] second_moment=None, double l2_decay=0.0,
+                       bint eps_before_correction=False):
     """The update rule `kind` (0: gradients only, 1: SGD, 2: SGD with momentum or weight decay, 3: Adam or
     AdamW, with the state arrays laid out like params) on one block of the layer whose weights are
     params[offset : offset + (n_in + 1) * n_out], as batch 0 of a pass that follows `step` steps."""
@@ -184,6 +210,7 @@ def write_weight_block(int kind, double lr, floating[::1] params, floating[::1] 
     rule.kind, rule.lr, rule.lr_factors, rule.step = <RuleKind>kind, lr, NULL, step
     rule.momentum, rule.nesterov, rule.weight_decay = momentum, nesterov, weight_decay
     rule.beta1, rule.beta2, rule.eps, rule.decoupled = beta1, beta2, eps, decoupled
+    rule.l2, rule.eps_before_correction = 0.0, eps_before_correction
     rule.first_moment = rule.second_moment = NULL
     if first_moment is not None:
         rule.first_moment = <void*>&first_moment[0]
@@ -196,5 +223,5 @@ def write_weight_block(int kind, double lr, floating[::1] params, floating[::1] 
     block.column_sums = <void**>malloc(block.n_parts * sizeof(void*))
     for p in range(block.n_parts):
         block.column_sums[p] = &column_sums[p, 0]
-    _write_weight_block(&rule, &params[0], &grads[0], &block, &x[0, 0], x.shape[0], &dz[0, 0], 0)
+    _write_weight_block(&rule, &params[0], &grads[0], &block, &x[0, 0], x.shape[0], &dz[0, 0], 0, l2_decay)
     free(block.column_sums)

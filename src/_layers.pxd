@@ -1,5 +1,6 @@
-# The kernels of one bias-augmented dense ReLU layer, on raw row-major pointers: the forward product with
-# the bias and ReLU fused in, the error passed down through the weights and the ReLU below, the weight
+# The kernels of one bias-augmented dense layer, on raw row-major pointers: the forward product with
+# the bias and the activation (_activations.pxd) fused in, the error passed down through the weights and
+# the activation below, the weight
 # gradient product and the bias gradient. Each can do any block of rows or columns on its own, which is
 # how a team shares out the work (_training.pxd); each calls BLAS only through the shim (_blas.pxd).
 #
@@ -11,12 +12,13 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memset
 
 from _blas cimport gemm_ld, NO_TRANS, TRANS
+from _activations cimport ACT_IDENTITY, ACT_RELU, activate, derivative_from_output
 
 
 cdef inline bint dense_forward(const floating* x, Py_ssize_t m, Py_ssize_t k, const floating* w,
-                               Py_ssize_t n, floating* z, bint relu, Py_ssize_t first_col,
+                               Py_ssize_t n, floating* z, int activation, Py_ssize_t first_col,
                                Py_ssize_t stop_col, bint check_finite=False) noexcept nogil:
-    """Columns first_col..stop_col-1 of z(m x n) = x(m x k) . w[:k] + w[k], then ReLU in place if asked.
+    """Columns first_col..stop_col-1 of z(m x n) = f(x(m x k) . w[:k] + w[k]), f the activation.
     With check_finite, returns whether every one of those pre-activations (before the ReLU) was finite;
     else True.
 
@@ -34,26 +36,33 @@ cdef inline bint dense_forward(const floating* x, Py_ssize_t m, Py_ssize_t k, co
     cdef floating row_nonfinite, nonfinite = 0
     gemm_ld(NO_TRANS, NO_TRANS, <int>m, <int>(stop_col - first_col), <int>k, <floating>1, x, <int>max(1, k),
             w + first_col, <int>n, <floating>0, z + first_col, <int>n)
-    # The bias and the ReLU in one pass over the product, while it is still in cache.
+    # The bias and the activation in one pass over the product, while it is still in cache. ReLU and
+    # the identity have loops of their own, which the compiler vectorises.
     for i in range(m):
         row = z + i * n
         row_nonfinite = 0
-        if relu and check_finite:
+        if activation == ACT_RELU and check_finite:
             for j in range(first_col, stop_col):
                 v = row[j] + bias[j]
                 # v - v is NaN exactly when v is NaN or infinite.
                 row_nonfinite = 1 if (v - v) != <floating>0 else row_nonfinite
                 row[j] = v if v > 0 else 0
-        elif relu:
+        elif activation == ACT_RELU:
             for j in range(first_col, stop_col):
                 v = row[j] + bias[j]
                 row[j] = v if v > 0 else 0
-        else:
+        elif activation == ACT_IDENTITY:
             for j in range(first_col, stop_col):
                 v = row[j] + bias[j]
                 if check_finite:
                     row_nonfinite = 1 if (v - v) != <floating>0 else row_nonfinite
                 row[j] = v
+        else:
+            for j in range(first_col, stop_col):
+                v = row[j] + bias[j]
+                if check_finite:
+                    row_nonfinite = 1 if (v - v) != <floating>0 else row_nonfinite
+                row[j] = activate(v, activation)
         nonfinite += row_nonfinite
     return nonfinite == 0
 
@@ -73,8 +82,8 @@ cdef inline void partial_product(const floating* x, Py_ssize_t m, Py_ssize_t k, 
 
 cdef inline void add_partial_products(floating** partials, int n_parts, Py_ssize_t n, Py_ssize_t first_row,
                                       Py_ssize_t stop_row, Py_ssize_t first_col, Py_ssize_t stop_col,
-                                      const floating* bias, floating* out, bint relu) noexcept nogil:
-    """out[i, j] = sum over p of partials[p][i, j] + bias[j], ReLU applied if asked, for the given rows
+                                      const floating* bias, floating* out, int activation) noexcept nogil:
+    """out[i, j] = f(sum over p of partials[p][i, j] + bias[j]), f the activation, for the given rows
     and columns of m x n matrices: the forward pass of a layer whose product was split over its input
     features (partial_product)."""
     cdef floating* out_row
@@ -91,21 +100,25 @@ cdef inline void add_partial_products(floating** partials, int n_parts, Py_ssize
             part_row = partials[p] + i * n
             for j in range(first_col, stop_col):
                 out_row[j] += part_row[j]
-        if relu:
+        if activation == ACT_RELU:
             for j in range(first_col, stop_col):
                 v = out_row[j]
                 out_row[j] = v if v > 0 else 0
+        elif activation != ACT_IDENTITY:
+            for j in range(first_col, stop_col):
+                out_row[j] = activate(out_row[j], activation)
 
 
 cdef inline void pass_error_down(const floating* dz, Py_ssize_t m, Py_ssize_t n, const floating* w,
                                  Py_ssize_t k, const floating* x, floating* dx, floating* dx_column_sums,
-                                 Py_ssize_t first_col, Py_ssize_t stop_col, floating keep_scale) noexcept nogil:
+                                 Py_ssize_t first_col, Py_ssize_t stop_col, floating keep_scale,
+                                 int activation) noexcept nogil:
     """The error at the layer below, from dz (m x n), the error at this layer's pre-activation: columns
-    first_col..stop_col-1 of dx = (dz . w[:k]^T) * (x > 0) * keep_scale, and their column sums (the
+    first_col..stop_col-1 of dx = (dz . w[:k]^T) * f'(z below) * keep_scale, and their column sums (the
     gradient of the bias below) into dx_column_sums, which is zero elsewhere.
 
-    x is this layer's input, the layer below's ReLU output: x > 0 is exactly the ReLU derivative at the
-    pre-activation below (0 at z <= 0). With dropout on that output, a dropped unit's x is 0 too, and a
+    x is this layer's input, the layer below's output f(z), from which f'(z) follows
+    (_activations.derivative_from_output); for ReLU x > 0 is exactly the derivative (0 at z <= 0). With dropout on that output, a dropped unit's x is 0 too, and a
     kept one was scaled by keep_scale = 1 / (1 - p), which its error is scaled by (1 without dropout).
     The bias row of w passes no error down: it has no input. Any block of rows (offset dz, x and dx) or of
     columns can be done on its own; a block of columns reads only those rows of w.
@@ -116,16 +129,22 @@ cdef inline void pass_error_down(const floating* dz, Py_ssize_t m, Py_ssize_t n,
     cdef Py_ssize_t i, j
     gemm_ld(NO_TRANS, TRANS, <int>m, <int>(stop_col - first_col), <int>n, <floating>1, dz, <int>max(1, n),
             w + first_col * n, <int>max(1, n), <floating>0, dx + first_col, <int>k)
-    # The ReLU mask and the column sums in one pass.
+    # The derivative and the column sums in one pass.
     memset(dx_column_sums, 0, k * sizeof(floating))
     for i in range(m):
         x_row = x + i * k
         dx_row = dx + i * k
-        # A select the compiler vectorises (given -fno-trapping-math, setup.py).
-        for j in range(first_col, stop_col):
-            v = dx_row[j] * keep_scale if x_row[j] > 0 else 0
-            dx_row[j] = v
-            dx_column_sums[j] += v
+        if activation == ACT_RELU:
+            # A select the compiler vectorises (given -fno-trapping-math, setup.py).
+            for j in range(first_col, stop_col):
+                v = dx_row[j] * keep_scale if x_row[j] > 0 else 0
+                dx_row[j] = v
+                dx_column_sums[j] += v
+        else:
+            for j in range(first_col, stop_col):
+                v = dx_row[j] * derivative_from_output(x_row[j], activation) * keep_scale
+                dx_row[j] = v
+                dx_column_sums[j] += v
 
 
 cdef inline void weight_gradient(const floating* x, Py_ssize_t m, Py_ssize_t k, const floating* dz,
@@ -157,7 +176,7 @@ cdef inline void bias_gradient(floating* db, Py_ssize_t first, Py_ssize_t stop, 
 
 cdef inline bint network_forward(const floating* params, const Py_ssize_t* sizes, Py_ssize_t n_layers,
                                  const floating* x, Py_ssize_t first_row, Py_ssize_t m, void** outputs,
-                                 floating* logits) noexcept nogil:
+                                 floating* logits, int activation) noexcept nogil:
     """Rows first_row..first_row+m-1 of every layer's output, outputs[1..n_layers - 1], and of the logits
     (into outputs[n_layers], or `logits` if not NULL), from the same rows of the input x. Returns whether
     the first layer's pre-activations were all finite: False if those rows of x hold NaN or infinity
@@ -170,7 +189,8 @@ cdef inline bint network_forward(const floating* params, const Py_ssize_t* sizes
     for l in range(n_layers):
         layer_out = logits if l == n_layers - 1 and logits != NULL else <floating*>outputs[l + 1]
         if not dense_forward(layer_in + first_row * sizes[l], m, sizes[l], w, sizes[l + 1],
-                             layer_out + first_row * sizes[l + 1], l < n_layers - 1, 0, sizes[l + 1], l == 0):
+                             layer_out + first_row * sizes[l + 1],
+                             activation if l < n_layers - 1 else ACT_IDENTITY, 0, sizes[l + 1], l == 0):
             input_finite = False
         layer_in = layer_out
         w += (sizes[l] + 1) * sizes[l + 1]

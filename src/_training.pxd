@@ -31,7 +31,8 @@ from libc.string cimport memcpy
 from _team cimport barrier, share_start, block_start, split_by_rows, LOSS_STRIDE
 from _workspace cimport Workspace, of_layer, layer_offset, widest, partial_rows
 from _layers cimport dense_forward, partial_product, add_partial_products, pass_error_down, dropout, splitmix64
-from _head cimport softmax_cross_entropy
+from _activations cimport ACT_IDENTITY
+from _head cimport loss_and_gradient
 from _update_rules cimport (Rule, WeightBlock, write_weight_block, flushes_subnormals,
                             mlpcore_flush_subnormals, mlpcore_restore_subnormals)
 
@@ -66,6 +67,8 @@ cdef struct Batch:
     # What every worker knows of the batch it trains; the arrays' element type is in the functions' args.
     const Py_ssize_t* sizes
     Py_ssize_t n_layers
+    int activation            # of the hidden layers (_activations.pxd)
+    int head                  # _head.pxd
     Py_ssize_t index          # the batch's number in the pass
     Py_ssize_t start          # the batch is rows start..start+m-1 of the pass: of X, or of order
     Py_ssize_t m
@@ -113,21 +116,22 @@ cdef inline const floating* batch_input(const Batch* batch, const floating* X,
 
 cdef inline void forward_layer(const Batch* batch, Py_ssize_t l, const floating* params,
                                const floating* layer_in, Workspace* space) noexcept nogil:
-    """This worker's part of layer l's output (ReLU applied to hidden layers) from its input."""
+    """This worker's part of layer l's output (activated in hidden layers) from its input."""
     cdef Py_ssize_t k = batch.sizes[l], n = batch.sizes[l + 1]
     cdef const floating* w = params + layer_offset(batch.sizes, l)
     cdef floating* out = <floating*>space.outputs[l + 1]
     cdef bint hidden = l < batch.n_layers - 1
+    cdef int activation = batch.activation if hidden else ACT_IDENTITY
     cdef int me = batch.me, team = batch.team
     cdef floating** partials
     cdef Py_ssize_t first_row = 0, stop_row = batch.m, first_col = 0, stop_col = n
     if batch.by_rows:
         first_row, stop_row = batch.first_row, batch.stop_row
         dense_forward(layer_in + batch.first_row * k, batch.stop_row - batch.first_row, k, w, n,
-                      out + batch.first_row * n, hidden, 0, n)
+                      out + batch.first_row * n, activation, 0, n)
     elif l == 0:
         # Its output columns, from whole rows: its block of the next layer's input features.
-        dense_forward(layer_in, batch.m, k, w, n, out, hidden, block_start(n, me, team),
+        dense_forward(layer_in, batch.m, k, w, n, out, activation, block_start(n, me, team),
                       block_start(n, me + 1, team))
     else:
         # Its input features' share of the product, then, once every share is in, the sum over its own
@@ -139,10 +143,10 @@ cdef inline void forward_layer(const Batch* batch, Py_ssize_t l, const floating*
         barrier(team)
         if hidden:
             add_partial_products(partials, team, n, 0, batch.m, block_start(n, me, team),
-                                 block_start(n, me + 1, team), w + k * n, out, True)
+                                 block_start(n, me + 1, team), w + k * n, out, activation)
         else:
             add_partial_products(partials, team, n, batch.first_row, batch.stop_row, 0, n, w + k * n, out,
-                                 False)
+                                 ACT_IDENTITY)
     if not batch.by_rows:
         first_col, stop_col = block_start(n, me, team), block_start(n, me + 1, team)
     if hidden and batch.dropout_threshold > 0:
@@ -166,7 +170,7 @@ cdef inline void pass_error_down_share(const Batch* batch, Py_ssize_t l, const f
                     params + layer_offset(batch.sizes, l), k, layer_in + first_row * k,
                     <floating*>space.deltas[l] + first_row * k,
                     (<floating**>of_layer(space, space.column_sums, l))[batch.me], first_col, stop_col,
-                    <floating>batch.keep_scale)
+                    <floating>batch.keep_scale, batch.activation)
 
 
 cdef inline WeightBlock weight_block(const Batch* batch, Py_ssize_t l, Workspace* space) noexcept nogil:
@@ -227,10 +231,10 @@ cdef inline const floating* batch_row_weights(const Batch* batch, floating* grad
     return gathered
 
 
-cdef inline void head(const Batch* batch, const floating* targets, Workspace* space) noexcept nogil:
-    """The softmax-cross-entropy head on this worker's rows of the batch's logits: their summed loss and
-    how many it classified right into its slot of batch.losses, the logit gradient in their place, its
-    column sums."""
+cdef inline floating head(const Batch* batch, const floating* targets, Workspace* space) noexcept nogil:
+    """The head (_head.pxd) on this worker's rows of the batch's output pre-activations: their summed
+    loss and how many it classified right into its slot of batch.losses, the gradient in their place,
+    its column sums. Returns 1 / the batch's weight sum (see batch_row_weights)."""
     cdef Py_ssize_t n_classes = batch.sizes[batch.n_layers], first = batch.first_row, correct = 0
     cdef const Py_ssize_t* labels
     cdef const floating* target_rows
@@ -243,13 +247,14 @@ cdef inline void head(const Batch* batch, const floating* targets, Workspace* sp
     else:
         labels = batch.labels + batch.start if batch.labels != NULL else NULL
         target_rows = targets + batch.start * n_classes if batch.labels == NULL else NULL
-    batch.losses[batch.me * LOSS_STRIDE] = softmax_cross_entropy(
-        <floating*>space.outputs[batch.n_layers] + first * n_classes, batch.stop_row - first, n_classes,
+    batch.losses[batch.me * LOSS_STRIDE] = loss_and_gradient(
+        batch.head, <floating*>space.outputs[batch.n_layers] + first * n_classes, batch.stop_row - first, n_classes,
         labels + first if labels != NULL else NULL,
         target_rows + first * n_classes if labels == NULL else NULL, grad_scale,
         (<floating**>of_layer(space, space.column_sums, batch.n_layers))[batch.me], &correct,
         <floating>batch.label_smoothing, row_weights + first if row_weights != NULL else NULL)
     batch.losses[batch.me * LOSS_STRIDE + 1] = <double>correct
+    return grad_scale
 
 
 cdef inline bint batch_loss_is_finite(const Batch* batch, double* batch_loss,
@@ -274,9 +279,10 @@ cdef inline bint train_batch(const Batch* batch, floating* params, floating* gra
     cdef const floating* x = batch_input(batch, X, space)
     cdef const floating* layer_in
     cdef WeightBlock block
+    cdef floating inverse_weight_sum
     for l in range(n_layers):
         forward_layer(batch, l, params, x if l == 0 else <floating*>space.outputs[l], space)
-    head(batch, targets, space)
+    inverse_weight_sum = head(batch, targets, space)
     if not batch.by_rows:
         barrier(batch.team)  # below, every worker reads every row of the error at the logits
     for l in range(n_layers - 1, -1, -1):
@@ -291,7 +297,7 @@ cdef inline bint train_batch(const Batch* batch, floating* params, floating* gra
             return False
         block = weight_block(batch, l, space)
         write_weight_block(rule, params, grads, &block, layer_in, batch.m, <floating*>space.deltas[l + 1],
-                           batch.index)
+                           batch.index, rule.l2 * inverse_weight_sum)
         if not batch.by_rows and l > 1:
             barrier(batch.team)  # the error passed down is whole for the layer below
     return True
@@ -303,7 +309,7 @@ cdef inline void train_member(floating* params, floating* grads, const Py_ssize_
                               Py_ssize_t batch_size, Py_ssize_t first_batch, Py_ssize_t stop_batch,
                               const Rule* rule, const Regularisation* extra, Workspace* space,
                               Py_ssize_t* label_work, double* losses, TeamResult* result, int me,
-                              int team) noexcept nogil:
+                              int team, int activation, int head) noexcept nogil:
     """Worker `me` of `team`'s part of training batches first_batch..stop_batch-1 (see train_batches)."""
     cdef Batch batch
     cdef Py_ssize_t b, width = widest(sizes, n_layers)
@@ -316,6 +322,7 @@ cdef inline void train_member(floating* params, floating* grads, const Py_ssize_
     batch.sizes, batch.n_layers, batch.order, batch.labels = sizes, n_layers, order, labels
     batch.label_work, batch.losses = label_work, losses
     batch.me, batch.team = me, team
+    batch.activation, batch.head = activation, head
     batch.sample_weight, batch.weight_work = extra.sample_weight, extra.weight_work
     batch.label_smoothing, batch.dropout_key = extra.label_smoothing, extra.dropout_key
     batch.dropout_threshold = dropout_threshold(extra.dropout)

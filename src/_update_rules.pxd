@@ -55,6 +55,8 @@ cdef struct Rule:
     double eps
     bint nesterov
     bint decoupled          # AdamW: W *= 1 - lr * weight_decay before the step, not L2 in the gradient
+    bint eps_before_correction  # Adam: eps added to sqrt(v) before v's bias correction (scikit-learn's)
+    double l2               # scikit-learn's alpha: a batch adds l2 * W / (its weight sum) to the gradient
     void* first_moment      # momentum buffer or Adam's m, laid out like params (NULL if unused)
     void* second_moment     # Adam's v
     Py_ssize_t step         # steps taken before batch 0 of the pass: batch b is step number step + b + 1
@@ -78,6 +80,7 @@ cdef struct WeightBlock:
 
 
 cdef inline bint steps_from_gradient(const Rule* rule) noexcept nogil:
+    # (A rule with l2 is never RULE_SGD: the fused product has no room for it. UpdateRule sees to it.)
     """Whether the rule has a step of its own after the gradient product (momentum, weight decay, Adam),
     rather than none (GRADIENTS_ONLY) or one fused into the product (plain SGD)."""
     return rule.kind == RULE_SGD_MOMENTUM or rule.kind == RULE_ADAM
@@ -129,7 +132,8 @@ cdef inline void step_at(const Rule* rule, floating* params, const floating* gra
     cdef floating* m = <floating*>rule.first_moment + start if rule.first_moment != NULL else NULL
     cdef floating* v = <floating*>rule.second_moment + start if rule.second_moment != NULL else NULL
     cdef floating step_size = <floating>(lr * bias_correction2_sqrt / bias_correction1)
-    cdef floating eps_hat = <floating>(rule.eps * bias_correction2_sqrt)
+    cdef floating eps_hat = <floating>(rule.eps if rule.eps_before_correction
+                                       else rule.eps * bias_correction2_sqrt)
     if rule.kind == RULE_SGD_MOMENTUM:
         if floating is float:
             mlpcore_momentum_step_f32(w, g, m, count, <float>lr, <float>weight_decay, <float>rule.momentum,
@@ -147,9 +151,10 @@ cdef inline void step_at(const Rule* rule, floating* params, const floating* gra
 
 cdef inline void write_weight_block(const Rule* rule, floating* params, floating* grads,
                                     const WeightBlock* block, const floating* x, Py_ssize_t m,
-                                    const floating* dz, Py_ssize_t batch) noexcept nogil:
+                                    const floating* dz, Py_ssize_t batch, double l2_decay) noexcept nogil:
     """Apply `rule` to `block` of a layer whose input is x (m x n_in) and whose error at the output is
-    dz (m x n_out), for batch `batch` of the pass: the one place where weights are written."""
+    dz (m x n_out), for batch `batch` of the pass: the one place where weights are written. l2_decay
+    (rule.l2 / the batch's weight sum) is added to the weight decay of the block's weight rows."""
     cdef floating* dest
     cdef floating alpha, beta
     cdef double lr = batch_lr(rule, batch), bias_correction1 = 1, bias_correction2_sqrt = 1
@@ -174,12 +179,12 @@ cdef inline void write_weight_block(const Rule* rule, floating* params, floating
         bias_correction2_sqrt = sqrt(1 - pow(rule.beta2, <double>(rule.step + batch + 1)))
     if block.first_col == 0 and block.stop_col == block.n_out:  # whole rows: one run of entries
         step_at(rule, params, grads, block.offset + block.first_row * block.n_out,
-                (block.stop_row - block.first_row) * block.n_out, lr, rule.weight_decay, bias_correction1,
-                bias_correction2_sqrt)
+                (block.stop_row - block.first_row) * block.n_out, lr, rule.weight_decay + l2_decay,
+                bias_correction1, bias_correction2_sqrt)
     else:
         for r in range(block.first_row, block.stop_row):
             step_at(rule, params, grads, block.offset + r * block.n_out + block.first_col,
-                    block.stop_col - block.first_col, lr, rule.weight_decay, bias_correction1,
+                    block.stop_col - block.first_col, lr, rule.weight_decay + l2_decay, bias_correction1,
                     bias_correction2_sqrt)
     # The bias row: no weight decay.
     step_at(rule, params, grads, bias_row + block.first_bias, block.stop_bias - block.first_bias, lr, 0.0,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import mlpcore
-from mlpcore import reference
+from mlpcore import optimizers, reference
 
 DTYPES = [np.float32, np.float64]
 # Relative error bounds, compiled vs reference: max |a - b| / max |b| per array.
@@ -47,6 +47,45 @@ class ReferenceModel:
 
     def predict(self, X):
         return reference.forward(self.weights, X).argmax(axis=1)
+
+
+def reference_step(optimizer, weights, grads, state, step, lr):
+    """The reference's step for `optimizer`, with its state in `state` (lists of arrays like weights)."""
+    if isinstance(optimizer, optimizers.Adam):
+        reference.adam_step(weights, grads, state["m"], state["v"], step, lr, optimizer.betas, optimizer.eps,
+                            optimizer.weight_decay, decoupled=isinstance(optimizer, optimizers.AdamW),
+                            eps_form=optimizer.eps_form)
+    else:
+        reference.sgd_step(weights, grads, state["m"], lr, optimizer.momentum, optimizer.nesterov,
+                           optimizer.weight_decay)
+
+
+def reference_fit(weights, X, y, optimizer, factor, *, epochs, batch_size, seed=0, step=0, state=None,
+                  activation="relu", loss="cross_entropy", alpha=0.0):
+    """Network.fit as documented, in the reference: shuffled batches, `factor(progress)` on the lr per
+    batch. Returns (losses, accuracies) per epoch; `state` (moments) is updated in place."""
+    rng = np.random.default_rng(seed)
+    n_batches = -(-len(X) // batch_size)
+    losses, accuracies = [], []
+    for epoch in range(epochs):
+        order = rng.permutation(len(X))
+        total = correct = 0.0
+        for b in range(n_batches):
+            rows = order[b * batch_size:(b + 1) * batch_size]
+            logits = reference.forward_all(weights, X[rows], activation=activation)[1][-1]
+            targets = reference.targets_matrix(y[rows], logits.shape[1], logits.dtype)
+            correct += (logits.argmax(axis=1) == targets.argmax(axis=1)).sum()
+            value, grads = reference.loss_and_gradients(weights, X[rows], y[rows], activation=activation,
+                                                        loss=loss, alpha=alpha)
+            # History.loss is the data's loss: without alpha's penalty (taken before the step).
+            penalty = 0.5 * alpha * sum(float((W[:-1] ** 2).sum()) for W in weights) / len(rows)
+            total += (value - penalty) * len(rows)
+            step += 1
+            progress = (epoch * n_batches + b + 1) / (epochs * n_batches)
+            reference_step(optimizer, weights, grads, state, step, optimizer.lr * factor(progress))
+        losses.append(total / len(X))
+        accuracies.append(correct / len(X))
+    return losses, accuracies
 
 
 @pytest.fixture(params=DTYPES, ids=["float32", "float64"])

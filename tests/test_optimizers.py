@@ -8,7 +8,7 @@ import pytest
 
 import mlpcore
 from mlpcore import _compiled, _threads, optimizers, reference, schedules
-from conftest import make_problem, relative_error
+from conftest import make_problem, reference_fit, relative_error
 
 SIZES = [12, 40, 20, 4]
 # Batches of 4 (the last of each epoch 2 rows) go by features on a team, 40 wide, in both dtypes.
@@ -32,39 +32,8 @@ SCHEDULES = {
 }
 
 
-def _reference_step(optimizer, weights, grads, state, step, lr):
-    """The reference's step for `optimizer`, with its state in `state` (lists of arrays like weights)."""
-    if isinstance(optimizer, optimizers.Adam):
-        reference.adam_step(weights, grads, state["m"], state["v"], step, lr, optimizer.betas, optimizer.eps,
-                            optimizer.weight_decay, decoupled=isinstance(optimizer, optimizers.AdamW))
-    else:
-        reference.sgd_step(weights, grads, state["m"], lr, optimizer.momentum, optimizer.nesterov,
-                           optimizer.weight_decay)
-
-
-def _reference_fit(weights, X, y, optimizer, factor, epochs=EPOCHS, batch_size=BATCH, seed=0, step=0,
-                   state=None):
-    """fit as documented, in the reference: shuffled batches, `factor(progress)` on the lr per batch.
-    Returns (losses, accuracies) per epoch; `state` (moments) is updated in place."""
-    rng = np.random.default_rng(seed)
-    n_batches = -(-len(X) // batch_size)
-    losses, accuracies = [], []
-    for epoch in range(epochs):
-        order = rng.permutation(len(X))
-        total = correct = 0.0
-        for b in range(n_batches):
-            rows = order[b * batch_size:(b + 1) * batch_size]
-            logits = reference.forward_all(weights, X[rows])[1][-1]
-            targets = reference.targets_matrix(y[rows], logits.shape[1], logits.dtype)
-            correct += (logits.argmax(axis=1) == targets.argmax(axis=1)).sum()
-            value, grads = reference.loss_and_gradients(weights, X[rows], y[rows])
-            total += value * len(rows)
-            step += 1
-            progress = (epoch * n_batches + b + 1) / (epochs * n_batches)
-            _reference_step(optimizer, weights, grads, state, step, optimizer.lr * factor(progress))
-        losses.append(total / len(X))
-        accuracies.append(correct / len(X))
-    return losses, accuracies
+def _reference_fit(weights, X, y, optimizer, factor, epochs=EPOCHS, batch_size=BATCH, **kwargs):
+    return reference_fit(weights, X, y, optimizer, factor, epochs=epochs, batch_size=batch_size, **kwargs)
 
 
 def _zeros_like(weights):
