@@ -22,6 +22,14 @@ def usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+def default_threads():
+    """What threads=None means: every core this process may use, but no more than the OpenMP thread limit
+    in force (OMP_NUM_THREADS, or a limit set through threadpoolctl). That limit is how joblib's loky
+    workers and Dask's are told how many threads each may run: two parallel fits on two cores then run
+    one thread each, not two."""
+    return max(1, min(usable_cores(), _compiled.openmp_max_threads()))
+
+
 def blas_threads(threads, strict=False):
     """A context manager holding the process-wide BLAS thread limit for its duration: `threads` (every core
     this process may use if None) is this call's wish.
@@ -32,7 +40,7 @@ def blas_threads(threads, strict=False):
     deadlock or stall the rest); a call may run at a smaller limit than it wished while others run (a
     predict during a team's fit runs on one BLAS thread). The thread counts from before the first call
     are restored when the last one ends, whichever thread it runs in."""
-    return _BLAS_LIMIT.hold(usable_cores() if threads is None else threads, strict)
+    return _BLAS_LIMIT.hold(default_threads() if threads is None else threads, strict)
 
 
 class _BlasLimit:
@@ -201,7 +209,7 @@ def team(threads, batch_size):
     barrier spins, and one without a core of its own stalls the others.
     """
     global _team_started
-    threads = usable_cores() if threads is None else threads
+    threads = default_threads() if threads is None else threads
     if not _compiled.OPENMP or _teams_forbidden:
         return 1, threads
     workers = min(threads, usable_cores(), _compiled.MAX_WORKERS, max(1, batch_size // _MIN_ROWS_PER_WORKER))
@@ -216,7 +224,7 @@ def pass_workers(threads):
     core): a team when it can run one, since one core does not use up the memory bandwidth (2 threads
     checked Fashion-MNIST's 60,000 x 784 float32 in 7 ms here, one in 14)."""
     global _team_started
-    threads = usable_cores() if threads is None else threads
+    threads = default_threads() if threads is None else threads
     if not _compiled.OPENMP or _teams_forbidden:
         return 1
     workers = min(threads, usable_cores(), _compiled.MAX_WORKERS)

@@ -320,7 +320,7 @@ class Network:
         seed : int or None
             Seed of the shuffling: epoch e uses the e-th ``permutation(n)`` of ``default_rng(seed)``.
         threads : int or None
-            Threads for this call; None means every core this process may use. Each batch is shared out
+            Threads for this call; None means every core this process may use, within the OpenMP limit (OMP_NUM_THREADS). Each batch is shared out
             between them when it has at least 16 rows per thread; otherwise BLAS gets them. BLAS's own
             thread count is restored afterwards.
         on_epoch_end : callable(history) or None

@@ -27,7 +27,7 @@ from libc.string cimport memcpy, memset
 
 from cython.parallel cimport parallel
 
-from _team cimport MLPCORE_OPENMP, mlpcore_member, mlpcore_team_size, split_by_rows as _split_by_rows
+from _team cimport MLPCORE_OPENMP, mlpcore_member, mlpcore_team_size, mlpcore_max_threads, split_by_rows as _split_by_rows
 from _team cimport MAX_TEAM, LOSS_STRIDE, share_start
 from _workspace cimport (Workspace, workspace_size as _workspace_size, carve_workspace, release_workspace,
                          n_weights)
@@ -53,6 +53,12 @@ ACTIVATIONS = {"identity": ACT_IDENTITY, "relu": ACT_RELU, "tanh": ACT_TANH, "lo
 #: The heads (_head.pxd), by the names of their losses as Network takes them.
 HEADS = {"cross_entropy": HEAD_SOFTMAX, "binary_cross_entropy": HEAD_SIGMOID, "squared_error": HEAD_SQUARED,
          "poisson": HEAD_POISSON}
+
+
+def openmp_max_threads():
+    """OpenMP's thread limit in force (OMP_NUM_THREADS, or omp_set_num_threads through threadpoolctl); 1
+    in a build without OpenMP."""
+    return mlpcore_max_threads()
 
 
 def _check_kind(int activation, int head, bint use_labels):

@@ -20,6 +20,9 @@ cdef extern from *:
     #define MLPCORE_OPENMP 1
     static int mlpcore_team_size(void) { return omp_get_num_threads(); }
     static int mlpcore_member(void) { return omp_get_thread_num(); }
+    /* The thread limit in force for a team started here: OMP_NUM_THREADS, or what omp_set_num_threads
+       (threadpoolctl) set. */
+    static int mlpcore_max_threads(void) { return omp_get_max_threads(); }
     /* An orphaned barrier: it binds to whichever parallel region the caller runs in (none: a no-op). */
     static void mlpcore_barrier(void) {
         #pragma omp barrier
@@ -28,12 +31,14 @@ cdef extern from *:
     #define MLPCORE_OPENMP 0
     static int mlpcore_team_size(void) { return 1; }
     static int mlpcore_member(void) { return 0; }
+    static int mlpcore_max_threads(void) { return 1; }
     static void mlpcore_barrier(void) {}
     #endif
     """
     const int MLPCORE_OPENMP
     int mlpcore_team_size() noexcept nogil
     int mlpcore_member() noexcept nogil
+    int mlpcore_max_threads() noexcept nogil
     void mlpcore_barrier() noexcept nogil
 
 

@@ -227,3 +227,24 @@ def test_validation_runs_on_fits_team_and_predict_on_blas_threads(monkeypatch):
     net.predict_proba(X, threads=2)
     net.loss(X, y, threads=2)
     assert proba_teams[-1] == loss_teams[-1] == 1
+
+
+def test_default_threads_keep_within_the_openmp_limit(tmp_path):
+    # How joblib's loky workers and Dask's are told their share of the cores: OMP_NUM_THREADS, or a
+    # threadpoolctl limit. Without one, threads=None is every usable core.
+    import os
+    import subprocess
+    import sys
+    import threadpoolctl
+    script = "from mlpcore import _threads; print(_threads.default_threads(), _threads.usable_cores())"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    free = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert free[0] == free[1]
+    limited = subprocess.run([sys.executable, "-c", script], env=dict(env, OMP_NUM_THREADS="1"), cwd=tmp_path,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert limited == ["1", free[1]]
+    if _compiled.OPENMP:
+        with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+            assert _threads.default_threads() == 1
+            assert _threads.team(None, 600) == (1, 1)
