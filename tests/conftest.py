@@ -93,13 +93,21 @@ def dtype(request):
     return np.dtype(request.param)
 
 
+def fake_cores(monkeypatch, count):
+    """Make mlpcore see `count` usable cores and an OpenMP limit as large, whatever the machine (more
+    threads than cores is slow, never wrong)."""
+    from mlpcore import _compiled, _threads
+    monkeypatch.setattr(_threads, "usable_cores", lambda: count)
+    monkeypatch.setattr(_compiled, "openmp_max_threads", lambda: count)
+
+
 @pytest.fixture(params=[1, 2, 3], ids=["1 thread", "team of 2", "team of 3"])
 def threads(request, monkeypatch):
     """1, 2 or 3 threads, every batch shared out between them whatever the machine's cores (more threads
     than cores is slow, never wrong)."""
     from mlpcore import _threads
     monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(_threads, "usable_cores", lambda: 64)
+    fake_cores(monkeypatch, 64)
     return request.param
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import mlpcore
-from mlpcore import _compiled, _threads
-from conftest import RTOL, make_problem, relative_error
+from mlpcore import _compiled
+from conftest import RTOL, fake_cores, make_problem, relative_error
 from test_core_vs_reference import _reference_fit
 
 SIZES = [784, 300, 300, 10]
@@ -29,7 +29,7 @@ CASES = [(np.float64, b) for b in (600, 128, 32, 7, 1)] + [(np.float32, b) for b
 @pytest.mark.parametrize("dtype,batch_size", CASES, ids=lambda v: getattr(v, "__name__", str(v)))
 def test_fit_matches_the_reference(dtype, batch_size, shuffle, targets, threads, monkeypatch):
     dtype = np.dtype(dtype)
-    monkeypatch.setattr(_threads, "usable_cores", lambda: 2)  # a team of 2 even on a 1-core machine
+    fake_cores(monkeypatch, 2)  # a team of 2 even on a 1-core machine
     X, y = make_problem(SIZES, N_ROWS, dtype, targets, seed=5)
     X = np.abs(X) / 4  # non-negative like pixels, so that hidden units are a mix of active and not
     net = mlpcore.Network(SIZES, dtype=dtype, seed=1)

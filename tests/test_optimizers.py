@@ -8,7 +8,7 @@ import pytest
 
 import mlpcore
 from mlpcore import _compiled, _threads, optimizers, reference, schedules
-from conftest import make_problem, reference_fit, relative_error
+from conftest import fake_cores, make_problem, reference_fit, relative_error
 
 SIZES = [12, 40, 20, 4]
 # Batches of 4 (the last of each epoch 2 rows) go by features on a team, 40 wide, in both dtypes.
@@ -68,7 +68,7 @@ def test_fit_with_an_optimizer_matches_the_reference(name, schedule, threads, dt
 def test_rows_scheme_with_adam_matches_the_reference(monkeypatch):
     # Batches of 25 rows on a team of 2, 40 wide: shared out by rows.
     monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(_threads, "usable_cores", lambda: 2)
+    fake_cores(monkeypatch, 2)
     X, y = make_problem(SIZES, N_ROWS, np.float64, "soft", seed=1)
     net = mlpcore.Network(SIZES, dtype="float64", seed=2)
     ref_weights = [W.copy() for W in net.weights]

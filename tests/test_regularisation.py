@@ -5,7 +5,7 @@ import pytest
 
 import mlpcore
 from mlpcore import _compiled, _kernels, _threads, reference
-from conftest import make_problem, relative_error
+from conftest import fake_cores, make_problem, relative_error
 
 SIZES = [12, 40, 20, 4]
 # Batches of 4 (the last of each epoch 2 rows) go by features on a team, 40 wide, in both dtypes.
@@ -76,7 +76,7 @@ def test_fit_matches_the_reference(case, targets, threads, dtype):
 def test_rows_scheme_with_everything_matches_the_reference(monkeypatch):
     # Batches of 25 on a team of 2, 40 wide: shared out by rows; rows gathered (shuffled).
     monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(_threads, "usable_cores", lambda: 2)
+    fake_cores(monkeypatch, 2)
     X, y = make_problem(SIZES, N_ROWS, np.float64, seed=1)
     net = mlpcore.Network(SIZES, dtype="float64", seed=2)
     ref_weights = [W.copy() for W in net.weights]
@@ -102,7 +102,7 @@ def test_integer_weights_count_rows_that_many_times():
 
 def test_dropout_masks_do_not_depend_on_the_team(monkeypatch):
     monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(_threads, "usable_cores", lambda: 64)
+    fake_cores(monkeypatch, 64)
     X, y = make_problem(SIZES, N_ROWS, np.float64, seed=1)
     results = []
     for threads in (1, 2, 3):

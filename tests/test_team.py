@@ -10,7 +10,7 @@ import pytest
 
 import mlpcore
 from mlpcore import _compiled, _threads, network, reference
-from conftest import RTOL, make_problem, relative_error
+from conftest import RTOL, fake_cores, make_problem, relative_error
 from test_core_vs_reference import _network, _reference_fit
 
 pytestmark = pytest.mark.skipif(not _compiled.OPENMP, reason="this build of the core has no OpenMP")
@@ -42,7 +42,7 @@ def teams(monkeypatch):
     """Share out every batch, allow teams larger than the machine, and record the team size of each
     compiled training call."""
     monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(_threads, "usable_cores", lambda: 64)
+    fake_cores(monkeypatch, 64)
     return _spy(monkeypatch, "train_batches")
 
 
@@ -63,7 +63,7 @@ def test_shared_fit_matches_reference_batch_by_batch(teams, threads, batch_size,
 
 @pytest.mark.parametrize("n", [1, 3, 11, 40])  # by features below 8 rows in float64, 24 in float32
 def test_shared_gradients_match_reference(teams, monkeypatch, n, dtype):
-    monkeypatch.setattr(_threads, "usable_cores", lambda: 3)
+    fake_cores(monkeypatch, 3)
     net = _network(SIZES, dtype)
     X, y = make_problem(SIZES, n, dtype, "onehot")
     loss, grads = net.loss_and_gradients(X, y)
@@ -131,7 +131,7 @@ def test_the_core_refuses_a_team_out_of_range():
 
 
 def test_training_team_choice(monkeypatch):
-    monkeypatch.setattr(_threads, "usable_cores", lambda: 4)
+    fake_cores(monkeypatch, 4)
     assert _threads.team(None, 600) == (4, 1)
     assert _threads.team(2, 600) == (2, 1)
     assert _threads.team(1, 600) == (1, 1)
@@ -181,7 +181,7 @@ def test_a_child_forked_after_a_team_trains_on_one_worker(monkeypatch):
     mp = pytest.importorskip("multiprocessing")
     if "fork" not in mp.get_all_start_methods():
         pytest.skip("no fork on this platform")
-    monkeypatch.setattr(_threads, "usable_cores", lambda: 2)
+    fake_cores(monkeypatch, 2)
     X, y = make_problem(SIZES, N_ROWS, np.float32)
     mlpcore.Network(SIZES, dtype="float32", seed=0).fit(X, y, epochs=1, batch_size=50, threads=2)
     assert _threads.team(2, 50) == (2, 1)
@@ -202,7 +202,7 @@ def test_a_child_forked_after_a_team_trains_on_one_worker(monkeypatch):
 def test_shared_predictions_and_loss_match_reference(monkeypatch, threads, n, dtype):
     # As inside fit. Chunks of 5 rows: several chunks, a last short one, and workers with no rows.
     monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(_threads, "usable_cores", lambda: 64)
+    fake_cores(monkeypatch, 64)
     monkeypatch.setattr(network, "_CHUNK_ROWS", 5)
     proba_teams, loss_teams = _spy(monkeypatch, "predict_proba"), _spy(monkeypatch, "mean_loss")
     net = _network(SIZES, dtype)
@@ -218,7 +218,7 @@ def test_shared_predictions_and_loss_match_reference(monkeypatch, threads, n, dt
 
 def test_validation_runs_on_fits_team_and_predict_on_blas_threads(monkeypatch):
     monkeypatch.setattr(_threads, "_MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(_threads, "usable_cores", lambda: 64)
+    fake_cores(monkeypatch, 64)
     proba_teams, loss_teams = _spy(monkeypatch, "predict_proba"), _spy(monkeypatch, "mean_loss")
     net = _network(SIZES, np.float32)
     X, y = make_problem(SIZES, 40, np.float32)
