@@ -88,14 +88,14 @@ def _warn_if_unhealthy(history, n_classes, warned):
                       "initialisation, or raise the learning rate", TrainingWarning, stacklevel=5)
 
 
-def one_batch_of_all_rows(net, X, labels, targets, grads, rule, writes=False, sample_weight=None):
+def one_batch_of_all_rows(net, X, labels, targets, grads, rule, writes=False, sample_weight=None, threads=None):
     """The whole of X as one batch of `net`, through the update rule `rule`: (summed loss, batches done).
 
     The rows are taken in place, not gathered, so train_batches needs no label_work. With `writes` (the
     rule steps the weights), a step whose loss or weights are not finite is undone (batches done: 0),
     under the network's lock, so no reader sees it."""
     n = X.shape[0]
-    workers, blas_threads = _threads.team(None, n)
+    workers, blas_threads = _threads.team(threads, n)
     work = np.empty(_compiled.workspace_size(net._sizes, n, False, workers, True), dtype=net.dtype)
     with _threads.blas_threads(blas_threads, strict=True), (net._lock.writing() if writes else net._lock.reading()):
         before = net._params.copy() if writes else None

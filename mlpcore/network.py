@@ -233,19 +233,21 @@ class Network:
     # ---------------------------------------------------------------------------------------------
     # Training
 
-    def loss_and_gradients(self, X, y, *, sample_weight=None, alpha=0.0):
+    def loss_and_gradients(self, X, y, *, sample_weight=None, alpha=0.0, threads=None):
         """Mean loss on (X, y) and its gradient for every weight array (same shapes), all rows one batch.
 
         With `sample_weight`, the weighted mean. `alpha` adds scikit-learn's L2 penalty, ``0.5 * alpha *
         sum ||W[:-1]||^2 / weight_sum`` to the loss and ``alpha * W[:-1] / weight_sum`` to each gradient
-        (the bias rows apart), weight_sum the rows' weight sum (their count without weights)."""
+        (the bias rows apart), weight_sum the rows' weight sum (their count without weights). `threads` as
+        fit's."""
+        threads = check.check_threads(threads)
         X, labels, targets = self._check_data(X, y, one_batch=True)
         sample_weight = check.check_sample_weight(sample_weight, X.shape[0], self.dtype)
         alpha = check.check_real(alpha, "alpha", low=0)
         grads = np.empty_like(self._params)
         total, done, _ = _training.one_batch_of_all_rows(
             self, X, labels, targets, grads, _compiled.UpdateRule(_compiled.GRADIENTS_ONLY),
-            sample_weight=sample_weight)
+            sample_weight=sample_weight, threads=threads)
         if done == 0:
             raise TrainingDiverged(
                 "the loss is not finite for these weights and inputs: the outputs overflow "
