@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _compiled, _threads
+from . import _compiled, _distributed, _threads
 
 # How long one compiled call of fit may run before Python gets control back (progress, Ctrl-C).
 _SECONDS_PER_CALL = 0.2
@@ -111,12 +111,13 @@ def one_batch_of_all_rows(net, X, labels, targets, grads, rule, writes=False, sa
 
 def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, schedule, dropout,
                  label_smoothing, sample_weight, alpha, shuffle, seed, threads, validation, early_stopping,
-                 on_epoch_end, on_progress):
+                 on_epoch_end, on_progress, comm=None):
     """Network.fit's loop (see its docstring), on arguments it has checked; `validation` is
-    (X_val, val_labels, val_targets) or None."""
+    (X_val, val_labels, val_targets) or None; `comm` makes it data-parallel (mlpcore._distributed)."""
     n = X.shape[0]
-    batch_size = min(batch_size, n)
-    n_batches = -(-n // batch_size)
+    plan = _distributed.Plan(comm, n, batch_size, sample_weight, seed) if comm is not None else None
+    batch_size = min(batch_size, n) if plan is None else plan.batch_size
+    n_batches = -(-n // batch_size) if plan is None else plan.n_batches
     rng = np.random.default_rng(seed)
     # Everything the batches need is allocated here, once, and reused by every batch.
     workers, blas_threads = _threads.team(threads, batch_size)
@@ -133,16 +134,23 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
         extra["dropout"] = dropout
     if sample_weight is not None:
         extra.update(sample_weight=sample_weight, weight_work=np.empty(batch_size, dtype=net.dtype))
-    # The loss of an epoch is the weighted mean over its rows.
+    # The loss of an epoch is the weighted mean over its rows (every rank's).
     total_weight = float(sample_weight.sum(dtype=np.float64)) if sample_weight is not None else n
+    total_rows = n
+    if plan is not None:
+        total_weight, total_rows = plan.total_weight, plan.total_rows
+        extra.update(batch_starts=plan.batch_starts, reducer=_distributed.Reducer(comm, grads))
     # Dropout's masks: a key per epoch from the seed (its own stream, apart from the shuffling's).
     if dropout > 0:
-        dropout_keys = np.random.default_rng([0x6D6C70, seed if seed is not None else
-                                              np.random.SeedSequence().entropy])
+        dropout_keys = np.random.default_rng([0x6D6C70, plan.seed if plan is not None else seed if seed is not None
+                                              else np.random.SeedSequence().entropy])
     # Every epoch's schedule, computed (and so checked) before anything trains: a factor that goes bad in
     # a late epoch must not be found after the early ones have changed the weights.
     epoch_factors = [schedule.factors(epoch, epochs, n_batches) for epoch in range(1, epochs + 1)]
     optimizer._bind(net._params.size, net.dtype)
+    if plan is not None:
+        with net._lock.writing():
+            _distributed.broadcast_state(comm, net, optimizer)
     rule = optimizer._update_rule(lr, alpha)
     # What a rollback restores: the weights and the optimizer's state at the end of the last finished epoch.
     last_good = net._params.copy(), optimizer._snapshot()
@@ -157,7 +165,11 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
         try:
             for epoch in range(1, epochs + 1):
                 started = time.perf_counter()
-                order = rng.permutation(n).astype(np.intp, copy=False) if shuffle else _ROWS_IN_ORDER
+                if plan is None:
+                    order = rng.permutation(n).astype(np.intp, copy=False) if shuffle else _ROWS_IN_ORDER
+                else:
+                    order = plan.order(epoch, shuffle)
+                    extra["batch_scales"] = plan.batch_scales(order)
                 factors = epoch_factors[epoch - 1]
                 rule.lr_factors, rule.step = factors, optimizer.step
                 if dropout > 0:
@@ -173,6 +185,8 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
                     total += loss_sum
                     correct += right
                     batch += done
+                    if plan is not None and extra["reducer"].error is not None:
+                        raise extra["reducer"].error
                     if batch < stop:
                         raise TrainingDiverged(
                             f"training diverged: the loss became NaN or infinite at epoch {epoch}, "
@@ -189,12 +203,16 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
                 seconds = time.perf_counter() - started
                 if validation is not None:
                     X_val, val_labels, val_targets = validation
-                    history.val_loss.append(net._mean_loss(X_val, val_labels, val_targets, threads, team=True))
-                    history.val_accuracy.append(
-                        net._accuracy(X_val, val_labels, val_targets, threads, team=True))
+                    val_loss = net._mean_loss(X_val, val_labels, val_targets, threads, team=True)
+                    val_accuracy = net._accuracy(X_val, val_labels, val_targets, threads, team=True)
+                    if plan is not None:
+                        val_loss, val_accuracy = _distributed.reduce_validation(comm, val_loss, val_accuracy,
+                                                                                len(X_val))
+                    history.val_loss.append(val_loss)
+                    history.val_accuracy.append(val_accuracy)
                 history.epoch.append(epoch)
                 history.loss.append(total / total_weight)
-                history.accuracy.append(correct / n if net.classifies else float("nan"))
+                history.accuracy.append(correct / total_rows if net.classifies else float("nan"))
                 history.lr.append(float(lr * factors[-1]))
                 history.seconds.append(seconds)
                 stop_now = stopping is not None and stopping.after_epoch(history, net._params)

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from . import _compiled, _model_files, _threads, _training, optimizers, schedules
+from . import _compiled, _distributed, _model_files, _threads, _training, optimizers, schedules
 from ._early_stopping import check_early_stopping
 from . import _validation as check
 from ._initialisation import INITS, initial_weights  # noqa: F401  (INITS stays importable from here)
@@ -278,7 +278,7 @@ class Network:
     def fit(self, X, y, *, epochs, batch_size=600, optimizer=None, lr=None, schedule=None, dropout=0.0,
             label_smoothing=0.0, sample_weight=None, validation_data=None, validation_split=0.0,
             early_stopping=None, shuffle=True, seed=None, threads=None, on_epoch_end=None, on_progress=None,
-            alpha=0.0):
+            alpha=0.0, comm=None):
         """Train on minibatches with an optimizer (plain SGD unless told otherwise).
 
         Parameters
@@ -331,6 +331,11 @@ class Network:
             is called first, once, with the rows and targets that will be trained on.
         on_progress : callable(epoch, batches_done, n_batches) or None
             Called a few times per second at most, from between batches.
+        comm : an mpi4py communicator or None
+            Data-parallel training across its processes, each calling fit on its own shard (X, y): rank 0's
+            weights and optimizer state are broadcast first, every batch's gradients are summed across
+            the ranks, and every rank takes the same step (see mlpcore._distributed for the batches).
+            History's losses and validation metrics are every rank's, so all stop together.
 
         Returns
         -------
@@ -350,7 +355,7 @@ class Network:
                              sample_weight=sample_weight, validation_data=validation_data,
                              validation_split=validation_split, early_stopping=early_stopping, shuffle=shuffle,
                              seed=seed, threads=threads, on_epoch_end=on_epoch_end, on_progress=on_progress,
-                             alpha=alpha)
+                             alpha=alpha, comm=comm)
 
     @contextlib.contextmanager
     def _training(self):
@@ -368,7 +373,7 @@ class Network:
 
     def _fit(self, X, y, *, epochs, batch_size, optimizer, lr, schedule, dropout, label_smoothing, sample_weight,
              validation_data, validation_split, early_stopping, shuffle, seed, threads, on_epoch_end, on_progress,
-             alpha):
+             alpha, comm):
         X, largest = check.check_X(X, self.n_features_in, self.dtype, return_max_abs=True,
                                    workers=_threads.pass_workers(threads))
         labels, targets = check.check_targets(y, X.shape[0], self.n_classes, self.dtype, self.loss_function)
@@ -382,6 +387,8 @@ class Network:
         if label_smoothing > 0 and self.loss_function != "cross_entropy":
             raise ValueError(f"label_smoothing is for loss='cross_entropy' only, not {self.loss_function!r}")
         alpha = check.check_real(alpha, "alpha", low=0)
+        if comm is not None:
+            _distributed.check_comm(comm)
         optimizer, lr = optimizers.get(optimizer, lr)
         schedule = schedules.get(schedule)
         validation_split = check.check_real(validation_split, "validation_split", low=0, high=1,
@@ -402,7 +409,7 @@ class Network:
         return _training.train_epochs(
             self, X, labels, targets, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
             schedule=schedule, dropout=dropout, label_smoothing=label_smoothing, sample_weight=sample_weight,
-            alpha=alpha, shuffle=shuffle, seed=seed, threads=threads, validation=validation,
+            alpha=alpha, comm=comm, shuffle=shuffle, seed=seed, threads=threads, validation=validation,
             early_stopping=early_stopping, on_epoch_end=on_epoch_end, on_progress=on_progress)
 
     # ---------------------------------------------------------------------------------------------

@@ -439,7 +439,8 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
                   UpdateRule rule, floating[::1] work, Py_ssize_t[::1] label_work, int workers=1, *,
                   const floating[::1] sample_weight=None, floating[::1] weight_work=None,
                   double label_smoothing=0.0, double dropout=0.0, uint64_t dropout_key=0,
-                  int activation=ACT_RELU, int head=HEAD_SOFTMAX):
+                  int activation=ACT_RELU, int head=HEAD_SOFTMAX, reducer=None,
+                  const double[::1] batch_scales=None, const Py_ssize_t[::1] batch_starts=None):
     """Train batches first_batch..stop_batch-1 of one pass over X, in place, the GIL released.
 
     Batch b holds the rows order[b * batch_size : (b + 1) * batch_size] (the last one may be shorter);
@@ -458,6 +459,13 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     `workers` > 1 shares every batch out between that many OpenMP threads (at most MAX_WORKERS; fewer if
     OpenMP gives fewer, one if this build has no OpenMP). The caller must make BLAS single-threaded for
     the call: each worker calls it. `work` must be sized by workspace_size(..., workers=workers).
+
+    Data-parallel training (mlpcore._distributed): `reducer(batch, loss, correct)` is called once per
+    batch, with the GIL, by one worker, once the batch's gradient is whole in `grads` (scaled by
+    `batch_scales[batch]`, 1 / the batch's weight across every process); it sums `grads` in place across
+    processes and returns the summed (loss, correct), or None to stop before the step. `batch_starts`
+    (n_batches + 1 row offsets into the pass, each batch at most batch_size rows) replaces batches of
+    batch_size rows.
 
     Returns (the sum over the trained rows of their loss, number of batches trained, number of those
     rows whose largest logit was at the target's class). Training stops before the update of a batch
@@ -480,6 +488,18 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     rule.check_for(params.shape[0], sizeof(floating), stop_batch)
     _check_rows(batch_size, "batch_size")
     n_batches = (n + batch_size - 1) // batch_size
+    if batch_starts is not None:
+        n_batches = batch_starts.shape[0] - 1
+        if n_batches < 0 or batch_starts[0] < 0 or batch_starts[n_batches] > n:
+            raise ValueError(f"batch_starts must run from 0 <= start to <= {n} rows")
+        for b in range(n_batches):
+            if not 0 < batch_starts[b + 1] - batch_starts[b] <= batch_size:
+                raise ValueError(f"batch {b} of batch_starts has {batch_starts[b + 1] - batch_starts[b]} rows, "
+                                 f"not 1..{batch_size}")
+    if reducer is not None and (not callable(reducer) or rule.rule.kind == RULE_GRADIENTS_ONLY):
+        raise ValueError("reducer must be a callable, with a rule that steps")
+    if batch_scales is not None and batch_scales.shape[0] < stop_batch:
+        raise ValueError(f"batch_scales has {batch_scales.shape[0]} entries, fewer than the {stop_batch} batches")
     if not 0 <= first_batch <= stop_batch <= n_batches:
         raise ValueError(f"batches {first_batch}..{stop_batch - 1} are not within the {n_batches} batches "
                          f"of {n} rows in batches of {batch_size}")
@@ -506,6 +526,9 @@ def train_batches(floating[::1] params, floating[::1] grads, const Py_ssize_t[::
     extra.sample_weight = &sample_weight[0] if sample_weight is not None else NULL
     extra.weight_work = &weight_work[0] if weight_work is not None and weight_work.shape[0] > 0 else NULL
     extra.label_smoothing, extra.dropout, extra.dropout_key = label_smoothing, dropout, dropout_key
+    extra.reducer = <void*>reducer if reducer is not None else NULL
+    extra.batch_scales = &batch_scales[0] if batch_scales is not None and batch_scales.shape[0] > 0 else NULL
+    extra.batch_starts = &batch_starts[0] if batch_starts is not None else NULL
     result.total, result.done, result.correct = 0, 0, 0
     losses = _prepare_team(&space, work, sizes, batch_size, gather, workers, True)
     with nogil:

@@ -33,7 +33,7 @@ from _workspace cimport Workspace, of_layer, layer_offset, widest, partial_rows
 from _layers cimport dense_forward, partial_product, add_partial_products, pass_error_down, dropout, splitmix64
 from _activations cimport ACT_IDENTITY
 from _head cimport loss_and_gradient
-from _update_rules cimport (Rule, WeightBlock, write_weight_block, flushes_subnormals,
+from _update_rules cimport (Rule, WeightBlock, write_weight_block, step_weight_block, flushes_subnormals,
                             mlpcore_flush_subnormals, mlpcore_restore_subnormals)
 
 
@@ -50,6 +50,16 @@ cdef struct Regularisation:
     double label_smoothing
     double dropout            # the probability of dropping a hidden unit (0: none)
     uint64_t dropout_key      # from the fit's seed and the epoch
+    # Data-parallel training: `reducer` (a Python callable, NULL for none) is called once per batch by
+    # worker 0, with the GIL, once every worker has written its blocks of the gradient into grads:
+    # reducer(batch, loss, correct) sums grads in place across processes and returns the batch's
+    # (loss, correct) summed too, or None on failure; then every worker steps its blocks. `batch_scales`
+    # (NULL: 1 / the batch's own weight sum) scales each batch's gradient instead: 1 / the weight sum of
+    # the batch across every process. `batch_starts` (NULL: batches of batch_size rows) are the first
+    # rows of the pass's batches, and its last entry the end.
+    void* reducer
+    const double* batch_scales
+    const Py_ssize_t* batch_starts
 
 
 cdef inline uint64_t dropout_threshold(double p) noexcept nogil:
@@ -84,6 +94,8 @@ cdef struct Batch:
     uint64_t dropout_key      # the pass's dropout key (0 threshold: no dropout)
     uint64_t dropout_threshold
     double keep_scale         # 1 / (1 - dropout)
+    void* reducer             # see Regularisation
+    const double* batch_scales
     double* losses
     int me
     int team
@@ -218,12 +230,16 @@ cdef inline const floating* batch_row_weights(const Batch* batch, floating* grad
     cdef floating* gathered = <floating*>batch.weight_work
     cdef double total = 0
     cdef Py_ssize_t i
+    if batch.batch_scales != NULL:
+        grad_scale[0] = <floating>batch.batch_scales[batch.index]
     if weights == NULL:
-        grad_scale[0] = <floating>(1.0 / batch.m)
+        if batch.batch_scales == NULL:
+            grad_scale[0] = <floating>(1.0 / batch.m)
         return NULL
     for i in range(batch.m):
         total += weights[batch.order[batch.start + i] if batch.order != NULL else batch.start + i]
-    grad_scale[0] = <floating>(1.0 / total) if total > 0 else 0
+    if batch.batch_scales == NULL:
+        grad_scale[0] = <floating>(1.0 / total) if total > 0 else 0
     if batch.order == NULL:
         return weights + batch.start
     for i in range(batch.first_row, batch.stop_row):
@@ -293,14 +309,55 @@ cdef inline bint train_batch(const Batch* batch, floating* params, floating* gra
             # Every worker has read these weights before anyone writes them, and the error at this
             # layer's output is whole (the weight product sums over every row).
             barrier(batch.team)
-        if l == n_layers - 1 and not batch_loss_is_finite(batch, batch_loss, batch_correct):
+        if batch.reducer == NULL and l == n_layers - 1 and not batch_loss_is_finite(batch, batch_loss,
+                                                                                   batch_correct):
             return False
         block = weight_block(batch, l, space)
         write_weight_block(rule, params, grads, &block, layer_in, batch.m, <floating*>space.deltas[l + 1],
-                           batch.index, rule.l2 * inverse_weight_sum)
+                           batch.index, rule.l2 * inverse_weight_sum, batch.reducer != NULL)
         if not batch.by_rows and l > 1:
             barrier(batch.team)  # the error passed down is whole for the layer below
+    if batch.reducer == NULL:
+        return True
+    # Data-parallel: the gradient is whole in grads; summed across processes, then stepped.
+    barrier(batch.team)
+    if batch.me == 0:
+        batch_loss_is_finite(batch, batch_loss, batch_correct)  # this process's sums
+        reduce_batch(batch.reducer, batch.index, batch_loss[0], batch_correct[0], batch.losses)
+    barrier(batch.team)
+    batch_loss[0], batch_correct[0] = batch.losses[REDUCED_LOSS], batch.losses[REDUCED_CORRECT]
+    if batch.losses[REDUCED_OK] == 0 or not isfinite(batch_loss[0]):
+        return False  # every worker of every process alike, before any weight is written
+    for l in range(n_layers):
+        block = weight_block(batch, l, space)
+        step_weight_block(rule, params, grads, &block, batch.index, rule.l2 * inverse_weight_sum)
     return True
+
+
+# Worker 0's slots (of LOSS_STRIDE) where it leaves what the reducer returned for every worker to read.
+cdef enum:
+    REDUCED_LOSS = 2
+    REDUCED_CORRECT = 3
+    REDUCED_OK = 4
+
+
+cdef inline void reduce_batch(void* reducer, Py_ssize_t index, double loss, double correct,
+                              double* slots) noexcept nogil:
+    with gil:
+        _call_reducer(<object>reducer, index, loss, correct, slots)
+
+
+cdef inline void _call_reducer(object reducer, Py_ssize_t index, double loss, double correct, double* slots):
+    """slots[REDUCED_*] from reducer(index, loss, correct): (loss, correct) summed across processes, or
+    None (a failure the reducer keeps to raise after the call)."""
+    slots[REDUCED_OK] = 0
+    try:
+        result = reducer(index, loss, correct)
+        if result is not None:
+            slots[REDUCED_LOSS], slots[REDUCED_CORRECT] = result
+            slots[REDUCED_OK] = 1
+    except BaseException:
+        pass  # the reducer of mlpcore._distributed never raises; any other failure stops the pass
 
 
 cdef inline void train_member(floating* params, floating* grads, const Py_ssize_t* sizes,
@@ -327,9 +384,14 @@ cdef inline void train_member(floating* params, floating* grads, const Py_ssize_
     batch.label_smoothing, batch.dropout_key = extra.label_smoothing, extra.dropout_key
     batch.dropout_threshold = dropout_threshold(extra.dropout)
     batch.keep_scale = dropout_keep_scale(extra.dropout)
+    batch.reducer, batch.batch_scales = extra.reducer, extra.batch_scales
     for b in range(first_batch, stop_batch):
-        batch.index, batch.start = b, b * batch_size
-        batch.m = min(batch_size, n - batch.start)
+        batch.index = b
+        if extra.batch_starts != NULL:
+            batch.start, batch.m = extra.batch_starts[b], extra.batch_starts[b + 1] - extra.batch_starts[b]
+        else:
+            batch.start = b * batch_size
+            batch.m = min(batch_size, n - batch.start)
         batch.by_rows = batch.m > feature_rows or split_by_rows(batch.m, width, sizeof(floating))
         batch.first_row = share_start(batch.m, me, team)
         batch.stop_row = share_start(batch.m, me + 1, team)

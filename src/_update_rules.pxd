@@ -134,7 +134,7 @@ cdef inline void step_at(const Rule* rule, floating* params, const floating* gra
     cdef floating step_size = <floating>(lr * bias_correction2_sqrt / bias_correction1)
     cdef floating eps_hat = <floating>(rule.eps if rule.eps_before_correction
                                        else rule.eps * bias_correction2_sqrt)
-    if rule.kind == RULE_SGD_MOMENTUM:
+    if rule.kind == RULE_SGD_MOMENTUM or rule.kind == RULE_SGD:  # plain SGD: no moment, w -= lr * (g + wd w)
         if floating is float:
             mlpcore_momentum_step_f32(w, g, m, count, <float>lr, <float>weight_decay, <float>rule.momentum,
                                       rule.nesterov)
@@ -151,15 +151,18 @@ cdef inline void step_at(const Rule* rule, floating* params, const floating* gra
 
 cdef inline void write_weight_block(const Rule* rule, floating* params, floating* grads,
                                     const WeightBlock* block, const floating* x, Py_ssize_t m,
-                                    const floating* dz, Py_ssize_t batch, double l2_decay) noexcept nogil:
+                                    const floating* dz, Py_ssize_t batch, double l2_decay,
+                                    bint gradient_only=False) noexcept nogil:
     """Apply `rule` to `block` of a layer whose input is x (m x n_in) and whose error at the output is
     dz (m x n_out), for batch `batch` of the pass: the one place where weights are written. l2_decay
-    (rule.l2 / the batch's weight sum) is added to the weight decay of the block's weight rows."""
+    (rule.l2 / the batch's weight sum) is added to the weight decay of the block's weight rows.
+    With gradient_only, the block's gradient goes into grads and nothing is stepped: a reducer sums it
+    across processes first, then step_weight_block steps it (_training.train_batch)."""
     cdef floating* dest
     cdef floating alpha, beta
-    cdef double lr = batch_lr(rule, batch), bias_correction1 = 1, bias_correction2_sqrt = 1
-    cdef Py_ssize_t r, bias_row = block.offset + block.n_in * block.n_out
-    if rule.kind == RULE_SGD:
+    cdef double lr = batch_lr(rule, batch)
+    cdef Py_ssize_t bias_row = block.offset + block.n_in * block.n_out
+    if rule.kind == RULE_SGD and not gradient_only:
         # W = W - lr * dW straight from the products (alpha = -lr, beta = 1 into W): no pass over a
         # gradient buffer, no separate axpy over all the weights each batch. Why SGD is at the floor.
         dest, alpha, beta = params, <floating>(-lr), <floating>1
@@ -172,8 +175,17 @@ cdef inline void write_weight_block(const Rule* rule, floating* params, floating
                     block.stop_col, dest + block.offset, alpha, beta)
     bias_gradient(dest + bias_row, block.first_bias, block.stop_bias, <floating**>block.column_sums,
                   block.n_parts, alpha, beta)
-    if not steps_from_gradient(rule):
+    if gradient_only or not steps_from_gradient(rule):
         return
+    step_weight_block(rule, params, grads, block, batch, l2_decay)
+
+
+cdef inline void step_weight_block(const Rule* rule, floating* params, const floating* grads,
+                                   const WeightBlock* block, Py_ssize_t batch, double l2_decay) noexcept nogil:
+    """Step `block` of the weights from its gradient in grads, by `rule` (plain SGD too), for batch
+    `batch` of the pass (see write_weight_block)."""
+    cdef double lr = batch_lr(rule, batch), bias_correction1 = 1, bias_correction2_sqrt = 1
+    cdef Py_ssize_t r, bias_row = block.offset + block.n_in * block.n_out
     if rule.kind == RULE_ADAM:
         bias_correction1 = 1 - pow(rule.beta1, <double>(rule.step + batch + 1))
         bias_correction2_sqrt = sqrt(1 - pow(rule.beta2, <double>(rule.step + batch + 1)))

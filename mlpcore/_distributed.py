@@ -1,0 +1,132 @@
+"""Data-parallel training across processes (Network.fit's `comm`): synchronous SGD as in Horovod and
+PyTorch's DDP. Every process (rank) holds a shard of the rows; each batch, every rank computes the gradient
+of its part of the global batch, the reducer sums the gradients across ranks in place, and every rank
+applies the same update, so all hold the same weights.
+
+`comm` is anything with mpi4py's Allreduce, Bcast, Get_rank and Get_size (duck-typed: tests pass an
+in-process fake); mpi4py itself is never imported here. The compiled core calls the reducer once per
+batch (src/_training.pxd) and knows nothing of processes.
+
+The batches: every rank trains the same number of batches per epoch, n_batches = ceil(largest shard /
+batch_size); rank r cuts its shard (shuffled with a seed of (seed, epoch, rank)) into n_batches parts of
+near-equal size (numpy.array_split's), so a rank with fewer rows trains shorter batches, never repeated
+rows: global batch b is the union of every rank's part b, and training equals training on the union of
+the shards batch by batch, the gradient scaled by the global batch's weight (its row count without
+sample weights). A shard with fewer rows than n_batches is refused.
+"""
+import numpy as np
+
+REQUIRED = ("Allreduce", "Bcast", "Get_rank", "Get_size")
+
+
+def check_comm(comm):
+    missing = [name for name in REQUIRED if not callable(getattr(comm, name, None))]
+    if missing:
+        raise TypeError(f"comm must be an mpi4py communicator (or have its {', '.join(REQUIRED)}); "
+                        f"{type(comm).__name__} has no {', '.join(missing)}")
+    return comm
+
+
+def _mpi_in_place(comm):
+    """mpi4py's MPI.IN_PLACE for an mpi4py communicator (whose module is loaded then), else None."""
+    if type(comm).__module__.startswith("mpi4py"):
+        from mpi4py import MPI
+        return MPI.IN_PLACE
+    return None
+
+
+def allreduce_sum(comm, values):
+    """The sum across ranks of a float64 array (a copy)."""
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    total = np.empty_like(values)
+    comm.Allreduce(values, total)
+    return total
+
+
+class Reducer:
+    """What the compiled loop calls once per batch: sums `grads` in place across ranks, and the batch's
+    (loss, correct). Never raises into the core: a failure is kept in `error` (and None returned, which
+    stops the pass before the step), for train_epochs to raise."""
+
+    def __init__(self, comm, grads):
+        self.comm, self.grads = comm, grads
+        self.in_place = _mpi_in_place(comm)
+        self.received = None if self.in_place is not None else np.empty_like(grads)
+        self.scalars = np.zeros(2)
+        self.error = None
+
+    def __call__(self, batch, loss, correct):
+        try:
+            if self.in_place is not None:
+                self.comm.Allreduce(self.in_place, self.grads)
+            else:
+                self.comm.Allreduce(self.grads, self.received)
+                np.copyto(self.grads, self.received)
+            self.scalars[:] = loss, correct
+            summed = allreduce_sum(self.comm, self.scalars)
+            return float(summed[0]), float(summed[1])
+        except BaseException as exc:  # noqa: BLE001  (raised again by train_epochs, with its traceback)
+            self.error = exc
+            return None
+
+
+class Plan:
+    """The batches of each epoch on this rank, and what their gradients are scaled by."""
+
+    def __init__(self, comm, n_rows, batch_size, sample_weight, seed):
+        self.comm, self.rank, self.size = comm, int(comm.Get_rank()), int(comm.Get_size())
+        counts = np.zeros(self.size)
+        counts[self.rank] = n_rows
+        self.shards = allreduce_sum(comm, counts).astype(np.int64)
+        self.n_batches = -(-int(self.shards.max()) // batch_size)
+        if self.shards.min() < self.n_batches:
+            raise ValueError(f"rank {int(self.shards.argmin())} holds {int(self.shards.min())} rows, fewer than the "
+                             f"{self.n_batches} batches every rank trains per epoch (the largest shard, "
+                             f"{int(self.shards.max())} rows, in batches of {batch_size}): give it more rows, or "
+                             "use a larger batch_size")
+        self.batch_size = -(-n_rows // self.n_batches)  # the largest part: the workspace's bound
+        parts = np.full(self.n_batches, n_rows // self.n_batches)
+        parts[:n_rows % self.n_batches] += 1
+        self.batch_starts = np.concatenate([[0], np.cumsum(parts)]).astype(np.intp)
+        self.sample_weight = sample_weight
+        # Every rank shuffles with the same seed's stream of its own: rank 0's seed, told to all.
+        chosen = np.array([seed if seed is not None else np.random.SeedSequence().entropy % 2**63],
+                          dtype=np.int64)
+        comm.Bcast(chosen, root=0)
+        self.seed = int(chosen[0])
+        self.total_rows = int(self.shards.sum())
+        self.total_weight = (float(allreduce_sum(comm, [sample_weight.sum(dtype=np.float64)])[0])
+                             if sample_weight is not None else float(self.total_rows))
+
+    def order(self, epoch, shuffle):
+        """This rank's rows in the epoch's order: shuffled by (seed, epoch, rank)."""
+        n = int(self.shards[self.rank])
+        if not shuffle:
+            return np.arange(n, dtype=np.intp)
+        return np.random.default_rng([self.seed, epoch, self.rank]).permutation(n).astype(np.intp)
+
+    def batch_scales(self, order):
+        """1 / the weight of each global batch (its rows' count without sample weights)."""
+        if self.sample_weight is None:
+            local = np.diff(self.batch_starts).astype(np.float64)
+        else:
+            local = np.add.reduceat(self.sample_weight[order].astype(np.float64), self.batch_starts[:-1])
+        total = allreduce_sum(self.comm, local)
+        with np.errstate(divide="ignore"):
+            return np.where(total > 0, 1 / np.where(total > 0, total, 1), 0.0)
+
+
+def broadcast_state(comm, net, optimizer):
+    """Rank 0's weights and optimizer state (moments, step count) on every rank."""
+    comm.Bcast(net._params, root=0)
+    for name in sorted(optimizer.state):
+        comm.Bcast(optimizer.state[name], root=0)
+    step = np.array([optimizer.step], dtype=np.int64)
+    comm.Bcast(step, root=0)
+    optimizer.step = int(step[0])
+
+
+def reduce_validation(comm, loss, accuracy, n_rows):
+    """(loss, accuracy) over every rank's validation rows, from each rank's means over its n_rows."""
+    total = allreduce_sum(comm, [loss * n_rows, accuracy * n_rows, n_rows])
+    return float(total[0] / total[2]), float(total[1] / total[2])
