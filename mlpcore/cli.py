@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 import warnings
 from pathlib import Path
 
@@ -134,6 +135,10 @@ def _build_parser():
     train.add_argument("--out", type=Path, help="output folder (default: a new folder under runs/)")
     train.add_argument("--force", action="store_true", help="replace a model already in --out")
     train.add_argument("--threads", type=_threads_count, help=threads_help)
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel training on MPI, started as `mpiexec -n N mlpcore train --distributed`: "
+                            "each rank trains on its share of the rows, rank 0 alone prints and saves "
+                            "(pip install 'mlpcore[mpi]')")
     train.add_argument("--monitor", action="store_true",
                        help="watch training's health after each epoch (mlpcore.doctor.Monitor): dead ReLUs, "
                             "update-to-weight ratios, a loss stuck at chance or growing")
@@ -177,8 +182,10 @@ def _build_parser():
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """Warnings (unscaled inputs, training that diverges) as one line each, without a source location."""
-    print(f"mlpcore: warning: {message}", file=sys.stderr, flush=True)
+    """Warnings (unscaled inputs, training that diverges) as one line each, without a source location (rank
+    0's alone in a distributed run)."""
+    if not _OUTPUT["quiet"]:
+        print(f"mlpcore: warning: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv=None):
@@ -188,9 +195,31 @@ def main(argv=None):
 
 
 def _main(argv):
+    args = None
     try:
         args = _build_parser().parse_args(argv)
-        return {"train": _train, "evaluate": _evaluate, "doctor": _doctor, "info": _info}[args.command](args)
+        code = {"train": _train, "evaluate": _evaluate, "doctor": _doctor, "info": _info}[args.command](args)
+    except BaseException as exc:
+        if getattr(args, "comm", None) is None:
+            return _report(exc)
+        try:
+            code = _report(exc)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    comm = getattr(args, "comm", None)
+    if comm is not None and code != 0:
+        # One rank that stops early would leave the others waiting in their next all-reduce forever:
+        # end every rank (what `python -m mpi4py` does for an uncaught exception).
+        comm.Abort(code if isinstance(code, int) else 1)
+    return code
+
+
+def _report(exc):
+    """Say what went wrong (no traceback for the user's mistakes); the exit status. Anything else is
+    raised again."""
+    try:
+        raise exc
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -226,6 +255,25 @@ def _load_data(data_dir, dtype):
 
 # -------------------------------------------------------------------------------------------------
 # train
+
+def _mpi_world():
+    """mpi4py's COMM_WORLD, or a UsageError saying what to install."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise UsageError("mlpcore train: --distributed needs mpi4py: pip install 'mlpcore[mpi]'") from None
+    except RuntimeError as exc:  # mpi4py's wheel without an MPI library to load
+        raise UsageError(f"mlpcore train: --distributed found no MPI library ({exc}): pip install 'mlpcore[mpi]' "
+                         "(MPICH from PyPI), or load your cluster's MPI") from None
+    return MPI.COMM_WORLD
+
+
+def _shard(arrays, rank, size):
+    """Rank `rank`'s share of every array's rows: consecutive, near-equal (numpy.array_split)."""
+    n = len(arrays[0])
+    start, stop = n * rank // size, n * (rank + 1) // size
+    return [a[start:stop] for a in arrays]
+
 
 def _new_run_dir():
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -264,10 +312,17 @@ def _optimizer(settings):
 
 
 def _train(args):
-    from . import EarlyStopping, Network, TrainingDiverged, schedules
+    from . import EarlyStopping, Network, TrainingDiverged, _distributed, schedules
 
-    out = args.out if args.out is not None else _new_run_dir()
-    if out.exists() and not out.is_dir():
+    comm, rank, size = None, 0, 1
+    if args.distributed:
+        comm = args.comm = _mpi_world()
+        rank, size = comm.Get_rank(), comm.Get_size()
+    _OUTPUT["quiet"] = rank != 0  # rank 0 alone prints and saves
+    out = args.out if args.out is not None else _new_run_dir() if rank == 0 else None
+    if rank != 0:
+        pass
+    elif out.exists() and not out.is_dir():
         raise UsageError(f"mlpcore train: --out {out} exists and is not a folder")
     if (out / "model.npz").exists() and not args.force:
         raise UsageError(f"mlpcore train: {out} already holds a model: choose another --out, or add "
@@ -281,18 +336,24 @@ def _train(args):
         early_stopping = EarlyStopping(monitor="val_loss" if val_split > 0 else "loss",
                                        patience=chosen["patience"])
     (X_train, y_train), (X_test, y_test) = _load_data(args.data, args.dtype)
+    n_train = len(X_train)
+    if comm is not None:
+        X_train, y_train = _shard([X_train, y_train], rank, size)
+        X_test, y_test = _shard([X_test, y_test], rank, size)
     sizes = [X_train.shape[1], *args.hidden, 10]
     net = Network(sizes, dtype=args.dtype, init=chosen["init"], seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     settings = {"layer_sizes": sizes, "epochs": epochs, "optimizer": repr(optimizer), "lr": optimizer.lr,
                 "schedule": repr(schedule or schedules.Constant()), "batch_size": batch_size,
                 "dropout": chosen["dropout"], "label_smoothing": chosen["label_smoothing"],
                 "val_split": val_split, "patience": chosen["patience"], "preset": args.preset,
                 "dtype": args.dtype, "init": chosen["init"], "seed": args.seed,
-                "data": str(args.data) if args.data else None, "n_train": len(X_train)}
+                "data": str(args.data) if args.data else None, "n_train": n_train, "ranks": size}
     _say(f"mlpcore {__version__}: training {'-'.join(map(str, sizes))} ({args.dtype}) on "
-          f"{round(len(X_train) * (1 - val_split))} images, batches of {batch_size}, {optimizer}, "
-          f"{settings['schedule']} schedule, {epochs} epochs")
+          f"{round(n_train * (1 - val_split))} images, batches of {batch_size}"
+          + (f" per rank on {size} ranks" if comm is not None else "")
+          + f", {optimizer}, {settings['schedule']} schedule, {epochs} epochs")
 
     rows = []
     progress = _EpochProgress()
@@ -302,6 +363,9 @@ def _train(args):
         progress.close()
         if val_split > 0:
             test_loss, test_accuracy = net.loss(X_test, y_test), net.score(X_test, y_test)
+            if comm is not None:
+                test_loss, test_accuracy = _distributed.reduce_validation(comm, test_loss, test_accuracy,
+                                                                          len(X_test))
         else:
             test_loss, test_accuracy = history.val_loss[-1], history.val_accuracy[-1]
         row = dict(zip(HISTORY_FIELDS, (history.epoch[-1], history.loss[-1], history.accuracy[-1], test_loss,
@@ -342,7 +406,7 @@ def _train(args):
                           label_smoothing=chosen["label_smoothing"], seed=args.seed, threads=args.threads,
                           validation_data=None if val_split > 0 else (X_test, y_test),
                           validation_split=val_split, early_stopping=early_stopping,
-                          on_epoch_end=on_epoch_end_checked, on_progress=on_progress)
+                          on_epoch_end=on_epoch_end_checked, on_progress=on_progress, comm=comm)
     except KeyboardInterrupt:
         stopped = "interrupted"
     except TrainingDiverged as exc:
@@ -351,6 +415,8 @@ def _train(args):
         signalled.restore()
         raise
     try:
+        if rank != 0:
+            return 0 if stopped is None else 1
         return _finish_training(args, out, net, settings, rows, history, stopped, signalled, progress,
                                 on_epoch_end, early_stopping)
     finally:
@@ -397,9 +463,15 @@ def _finish_training(args, out, net, settings, rows, history, stopped, signalled
     return 128 + (signalled.number or signal.SIGINT)
 
 
+# quiet: a rank but 0 of a distributed run, which prints nothing.
+_OUTPUT = {"quiet": False}
+
+
 def _say(*args, **kwargs):
     """print, except that an output that has gone (a closed terminal after SIGHUP, a closed pipe) is not an
     error: training's results are in its files."""
+    if _OUTPUT["quiet"]:
+        return
     try:
         print(*args, **dict(kwargs, flush=True))
     except OSError:
@@ -470,6 +542,8 @@ class _EpochProgress:
         self._bar = None
 
     def update(self, epoch, done, total):
+        if self._bar is None and _OUTPUT["quiet"]:
+            return
         if self._bar is None:
             try:
                 from tqdm import tqdm
