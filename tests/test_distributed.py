@@ -144,6 +144,40 @@ def test_every_rank_ends_equal_to_training_on_the_union(name, shard_sizes, team,
         np.testing.assert_allclose(history.loss, losses, rtol=TOLERANCE[dtype] * 10)
 
 
+def test_sample_weights_scale_by_the_global_batch_s_weight():
+    parts = shards(np.float64, (26, 18))
+    weights = [np.random.default_rng(rank).random(len(X)) for rank, (X, _) in enumerate(parts)]
+    world = FakeWorld(2)
+
+    def work(rank, comm):
+        net = mlpcore.Network(SIZES, dtype="float64", seed=3)
+        history = net.fit(*parts[rank], epochs=2, batch_size=5, lr=0.2, seed=4, threads=1, comm=comm,
+                          sample_weight=weights[rank])
+        return net.get_weights(), history.loss
+    results, errors = run_ranks(world, work)
+    assert errors == [None, None]
+    # The reference on the union: each global batch's loss is its rows' weighted mean.
+    ref = mlpcore.Network(SIZES, dtype="float64", seed=3).get_weights()
+    n_batches = -(-26 // 5)
+    losses = []
+    for epoch in (1, 2):
+        splits = [np.array_split(np.random.default_rng([4, epoch, r]).permutation(len(X)), n_batches)
+                  for r, (X, _) in enumerate(parts)]
+        total = 0.0
+        for b in range(n_batches):
+            X_b = np.concatenate([X[s[b]] for (X, _), s in zip(parts, splits)])
+            y_b = np.concatenate([y[s[b]] for (_, y), s in zip(parts, splits)])
+            w_b = np.concatenate([w[s[b]] for w, s in zip(weights, splits)])
+            value, grads = reference.loss_and_gradients(ref, X_b, y_b, sample_weight=w_b)
+            total += value * w_b.sum()
+            for W, g in zip(ref, grads):
+                W -= 0.2 * g
+        losses.append(total / sum(w.sum() for w in weights))
+    for W, ref_W in zip(results[0][0], ref):
+        assert relative_error(W, ref_W) <= 1e-10
+    np.testing.assert_allclose(results[0][1], losses, rtol=1e-10)
+
+
 def test_validation_and_early_stopping_are_every_rank_s():
     parts = shards(np.float64, (40, 24))
     vals = shards(np.float64, (10, 30), seed=2)
