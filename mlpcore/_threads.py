@@ -27,7 +27,14 @@ def default_threads():
     in force (OMP_NUM_THREADS, or a limit set through threadpoolctl). That limit is how joblib's loky
     workers and Dask's are told how many threads each may run: two parallel fits on two cores then run
     one thread each, not two."""
-    return max(1, min(usable_cores(), _compiled.openmp_max_threads()))
+    if _compiled.OPENMP:
+        limit = _compiled.openmp_max_threads()
+    else:  # BLAS gets the threads: the same variable, as OpenMP would read it
+        try:
+            limit = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
+        except ValueError:
+            limit = usable_cores()
+    return max(1, min(usable_cores(), limit))
 
 
 def blas_threads(threads, strict=False):

@@ -240,11 +240,15 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
     return history
 
 
-def hold_out(X, labels, targets, sample_weight, fraction, seed):
+def hold_out(X, labels, targets, sample_weight, fraction, seed, stratify=True):
     """Split off `fraction` of the rows for validation, the same fraction of every class (the class of a
-    target row: its largest entry), drawn with default_rng(seed): (X, labels, targets, sample_weight) of
-    the rows left for training, and (X_val, val_labels, val_targets)."""
-    classes = labels if labels is not None else targets.argmax(axis=1)
+    target row: its largest entry) if `stratify` (the softmax head's targets), drawn with default_rng(seed):
+    (X, labels, targets, sample_weight) of the rows left for training, and (X_val, val_labels,
+    val_targets)."""
+    if not stratify:
+        classes = np.zeros(len(X), dtype=np.intp)  # one "class": a plain random split
+    else:
+        classes = labels if labels is not None else targets.argmax(axis=1)
     rng = np.random.default_rng(seed)
     held = []
     for c in np.unique(classes):

@@ -526,7 +526,7 @@ class _Monitored:
         self.on_epoch_end(history)
         self.monitor(history)
         layers = self.monitor.records[-1]["layers"]
-        dead = "/".join(f"{100 * r['dead_relus']:.0f}%" for r in layers[:-1]) or "-"
+        dead = "/".join(f"{100 * r['dead_relus']:.0f}%" for r in layers[:-1] if r["dead_relus"] is not None) or "-"
         updates = "/".join(f"{r['update_ratio']:.1e}" for r in layers)
         gradients = "/".join(f"{r['gradient_norm']:.2g}" for r in layers)
         _say(f"  monitor: dead ReLUs {dead}  update/weight per step {updates}  gradient norm {gradients}")
@@ -604,6 +604,9 @@ def _evaluate(args):
     from .datasets import FASHION_MNIST_CLASSES
 
     net = load(args.model)
+    if net.loss_function != "cross_entropy":
+        raise UsageError(f"mlpcore evaluate: {args.model} is a network with loss={net.loss_function!r}; evaluate "
+                         "scores classifiers with a softmax output (what mlpcore train makes)")
     _, (X_test, y_test) = _load_data(args.data, net.dtype)
     data_classes = int(y_test.max()) + 1
     if net.n_features_in != X_test.shape[1] or net.n_classes < data_classes:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _backprop_check as backprop
-from . import _kernels, reference
+from . import _compiled, _kernels, reference
 from ._training import stuck_at_chance
 
 __all__ = ["Finding", "Report", "Monitor", "MonitorWarning", "check_backprop", "check_data", "check_batches"]
@@ -674,11 +674,13 @@ class Monitor:
         # The products run in the compiled core's BLAS, as training does, never in NumPy's: NumPy's own
         # BLAS threads, once woken, spin on the cores the next epoch's team needs (4x this call's cost).
         a = self._X
+        relu = net.activation == "relu"
         for i, W in enumerate(weights[:-1]):
             z = np.empty((a.shape[0], W.shape[1]), dtype=a.dtype)
-            _kernels.dense_forward(a, W, z, False, 0, W.shape[1])
-            a = np.maximum(z, 0)
-            layers.append({"layer": i, "dead_relus": float((z <= 0).all(axis=0).mean()),
+            _kernels.dense_forward(a, W, z, _compiled.ACTIVATIONS["identity"], 0, W.shape[1])
+            a = np.maximum(z, 0) if relu else reference.ACTIVATIONS[net.activation][0](z)
+            # Dead units are ReLU's: tanh and logistic units saturate, but still pass a gradient.
+            layers.append({"layer": i, "dead_relus": float((z <= 0).all(axis=0).mean()) if relu else None,
                            "activation_std": float(a.std())})
         layers.append({"layer": len(weights) - 1, "dead_relus": None, "activation_std": None})
         _, grads = net.loss_and_gradients(self._X, self._y)
@@ -689,16 +691,18 @@ class Monitor:
             np.copyto(before, W)
         self.records.append({"epoch": history.epoch[-1], "loss": history.loss[-1], "layers": layers})
         lr_full = not history.lr or history.lr[-1] >= 0.5 * max(history.lr)
-        for finding in self._findings(history.loss, net.n_classes, layers, lr_full):
+        for finding in self._findings(history.loss, net.n_classes, layers, lr_full,
+                                      net.loss_function == "cross_entropy"):
             if not any(f.code == finding.code and f.layer == finding.layer for f in self.findings):
                 self.findings.append(finding)
                 if self.warn:  # stacklevel 5: the user's call of fit (through train_epochs, _fit, fit)
                     warnings.warn(f"epoch {history.epoch[-1]}: {finding}", MonitorWarning, stacklevel=5)
 
-    def _findings(self, losses, n_classes, layers, lr_full):
+    def _findings(self, losses, n_classes, layers, lr_full, softmax):
         chance = math.log(n_classes)
         recent = losses[-self.PATIENCE:]
-        if stuck_at_chance(losses, n_classes, self.PATIENCE):
+        # Chance, ln K, is the softmax head's loss of a network that knows nothing; no other head's.
+        if softmax and stuck_at_chance(losses, n_classes, self.PATIENCE):
             yield Finding(
                 "not-learning", f"the loss has stayed at {recent[-1]:.4f}, within 1% of ln {n_classes} = "
                 f"{chance:.4f} (chance), for {self.PATIENCE} epochs",

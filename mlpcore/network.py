@@ -401,7 +401,8 @@ class Network:
             validation = self._check_data(*check.check_validation_pair(validation_data))
         elif validation_split > 0:
             X, labels, targets, sample_weight, validation = _training.hold_out(
-                X, labels, targets, sample_weight, validation_split, seed)
+                X, labels, targets, sample_weight, validation_split, seed,
+                stratify=self.loss_function == "cross_entropy")
         early_stopping = check_early_stopping(early_stopping, validation is not None)
         check.check_callback(on_epoch_end, "on_epoch_end")
         check.check_callback(on_progress, "on_progress")

@@ -44,10 +44,13 @@ _NON_FINITE = ("Solver produced non-finite parameter weights. The input data may
 # Seeds of the epochs' shuffling are drawn from the estimator's RandomState below this bound.
 _SEED_BOUND = np.iinfo(np.int32).max
 
-# Network.fit warns once per call when X looks unscaled; called here once per epoch, which scikit-learn's
-# estimators never do. Only the warnings attributed to this module (fit's stacklevel points here) are hidden.
-warnings.filterwarnings("ignore", message="X has values as large as", category=UserWarning,
-                        module=r"mlpcore\.sklearn")
+
+def _fit_one_epoch(net, *args, **kwargs):
+    """Network.fit, without its warning about unscaled inputs: scikit-learn's estimators never warn of
+    that (and here fit is called once per epoch)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="X has values as large as", category=UserWarning)
+        return net.fit(*args, **kwargs)
 
 
 def _dense(X):
@@ -322,15 +325,16 @@ class _BaseMLP(BaseEstimator):
                 seed = int(self._random_state.randint(_SEED_BOUND)) if self.shuffle else None
                 if not diverged:
                     try:
-                        history = net.fit(X_train, targets_train, epochs=1, batch_size=batch_size,
-                                          optimizer=self._optimizer, shuffle=bool(self.shuffle), seed=seed,
-                                          threads=threads, sample_weight=sample_weight_train, alpha=self.alpha)
+                        history = _fit_one_epoch(
+                            net, X_train, targets_train, epochs=1, batch_size=batch_size, optimizer=self._optimizer,
+                            shuffle=bool(self.shuffle), seed=seed, threads=threads,
+                            sample_weight=sample_weight_train, alpha=self.alpha)
                     except TrainingDiverged:
                         if not early_stopping:
                             raise
                         # scikit-learn's weights would be NaN from here on, every loss and validation score
-                        # NaN until the count of epochs without improvement ends the fit, and the best
-                        # weights restored. Network.fit has put back the last epoch's weights: the NaN
+                        # NaN (the count of epochs without improvement resets on NaN, so its fit runs to
+                        # max_iter), and the best weights restored. Network.fit has put back the last epoch's weights: the NaN
                         # epochs are counted without training.
                         diverged = True
                 if diverged:
@@ -566,7 +570,11 @@ _DIFFERENCES_DOC = """
       always has one).
     - Continuing a fit (warm_start, partial_fit) with other layer sizes raises a ValueError.
     - Training that diverges (non-finite loss) without early stopping raises scikit-learn's "Solver
-      produced non-finite parameter weights" ValueError at once, not after max_iter epochs of NaN."""
+      produced non-finite parameter weights" ValueError at once, not after max_iter epochs of NaN.
+    - Negative sample weights are refused (a ValueError; scikit-learn accepts them): they make the loss
+      unbounded below.
+    - predict and predict_proba raise a ValueError when an output overflows the dtype (a Poisson model's
+      exp on inputs far outside its training data), where scikit-learn returns inf."""
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):

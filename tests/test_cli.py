@@ -211,6 +211,13 @@ def test_evaluate_rejects_a_file_that_is_not_a_model(tmp_path, small_data):
     assert "Traceback" not in result.stderr
 
 
+def test_evaluate_rejects_a_regression_model(tmp_path, small_data):
+    mlpcore.Network([784, 8, 10], loss="squared_error").save(tmp_path / "regression.npz")
+    result = run("evaluate", tmp_path / "regression.npz", "--data", small_data, cwd=tmp_path)
+    assert result.returncode == 2 and "loss='squared_error'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_ctrl_c_saves_the_last_finished_epoch(small_data, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen(

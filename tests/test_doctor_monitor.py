@@ -191,3 +191,22 @@ def test_monitor_warnings_point_at_the_users_fit_call():
     with pytest.warns(doctor.MonitorWarning) as caught:
         net.fit(X, y, epochs=1, batch_size=60, lr=1e-7, seed=0, on_epoch_end=doctor.Monitor())
     assert all(w.filename == __file__ for w in caught)
+
+
+def test_other_activations_and_heads_are_monitored_as_they_are():
+    # A tanh layer has no dead ReLUs, and its activations are tanh's; a regression's loss near ln K is
+    # not "chance".
+    X, y = _blobs(n=200)
+    net = mlpcore.Network([20, 8, 4], dtype="float64", seed=0, activation="tanh")
+    monitor = doctor.Monitor(warn=False)
+    _fit(net, X, y, monitor, epochs=1, batch_size=50, lr=0.05)
+    layer = monitor.records[0]["layers"][0]
+    rows = np.sort(np.random.default_rng(0).choice(len(X), size=min(monitor.rows, len(X)), replace=False))
+    a = np.tanh(np.hstack([X[rows].astype(np.float64), np.ones((len(rows), 1))]) @ net.weights[0])
+    assert layer["dead_relus"] is None and layer["activation_std"] == pytest.approx(a.std(), rel=1e-12)
+    regression = mlpcore.Network([20, 8, 4], dtype="float64", seed=0, loss="squared_error")
+    monitor = doctor.Monitor(warn=False)
+    monitor.on_fit_begin(regression, X.astype(np.float64), np.zeros((len(X), 4)), 4)
+    for k in range(1, 4):
+        monitor(_history([math.log(4)] * k))
+    assert "not-learning" not in [f.code for f in monitor.findings]

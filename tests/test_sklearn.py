@@ -188,6 +188,21 @@ SOLVERS = {
 }
 
 
+@pytest.mark.parametrize("activation", ["relu", "logistic", "identity"])
+@pytest.mark.parametrize("solver", ["sgd", "adam", "adam early stopping", "lbfgs"])
+@pytest.mark.parametrize("name", ["multiclass", "squared_error 2 outputs"])
+def test_sample_weighted_rows_in_order_train_exactly_as_sklearn(name, solver, activation):
+    # Every activation, and sample weights (the batches' weight sums scale gradient and L2 alike).
+    _, X, _, y, _ = _problem(name)
+    weights = np.random.RandomState(0).uniform(0.1, 3, len(X))
+    ours, theirs = _estimators(name, hidden_layer_sizes=(12,), activation=activation, shuffle=False,
+                               batch_size=64, max_iter=8, alpha=0.01, random_state=0, **SOLVERS[solver])
+    _quiet(lambda: theirs.fit(X, y, sample_weight=weights))
+    _quiet(lambda: ours.fit(X, y, sample_weight=weights))
+    for mine, its in zip(_weights(ours), _weights(theirs)):
+        assert_allclose(mine, its, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("name", PROBLEMS)
 def test_rows_in_order_train_exactly_as_sklearn(name, solver, threads=1):

@@ -248,3 +248,15 @@ def test_default_threads_keep_within_the_openmp_limit(tmp_path):
         with threadpoolctl.threadpool_limits(1, user_api="openmp"):
             assert _threads.default_threads() == 1
             assert _threads.team(None, 600) == (1, 1)
+
+
+def test_a_build_without_openmp_gives_blas_every_core_by_default(monkeypatch):
+    # No team without OpenMP: BLAS gets the threads, within OMP_NUM_THREADS if it is set.
+    fake_cores(monkeypatch, 4)
+    monkeypatch.setattr(_compiled, "OPENMP", False)
+    monkeypatch.setattr(_compiled, "openmp_max_threads", lambda: 1)  # what such a build reports
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert _threads.default_threads() == 4
+    assert _threads.team(None, 600) == (1, 4)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert _threads.team(None, 600) == (1, 2)
