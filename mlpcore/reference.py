@@ -306,3 +306,18 @@ def dropout_mask(key, batch, layer, rows, width, dropout):
     units = np.arange(rows * width, dtype=np.uint64).reshape(rows, width)
     threshold = np.uint64(int(dropout * 2**24 + 0.5))
     return ((splitmix64(layer_key ^ units) >> np.uint64(40)) >= threshold).astype(np.float64)
+
+
+# -------------------------------------------------------------------------------------------------
+# Data-parallel training (fit's comm): which rows of which rank make up each global batch.
+
+def distributed_batches(shard_sizes, batch_size, seed, epoch):
+    """The global batches of `epoch` (from 1) of data-parallel training over shards of these sizes: a
+    list, batch by batch, of one index array per rank (rows of its shard). Every rank trains
+    ceil(largest shard / batch_size) batches; rank r shuffles its rows with default_rng([seed, epoch, r])
+    and cuts them into that many near-equal parts (numpy.array_split). Training on these batches of the
+    union of the shards, one step each, is what every rank's fit computes."""
+    n_batches = -(-max(shard_sizes) // batch_size)
+    parts = [np.array_split(np.random.default_rng([seed, epoch, rank]).permutation(n), n_batches)
+             for rank, n in enumerate(shard_sizes)]
+    return [[rank_parts[b] for rank_parts in parts] for b in range(n_batches)]

@@ -86,18 +86,15 @@ def shards(dtype, sizes_of_shards, targets="labels", seed=1):
 
 
 def reference_on_the_union(weights, parts, optimizer, epochs, batch_size, seed, alpha=0.0):
-    """Training on the union of the shards, global batch b being every rank's part b (as documented in
-    mlpcore._distributed), in the reference."""
-    n_batches = -(-max(len(X) for X, _ in parts) // batch_size)
+    """Training on the union of the shards, global batch by global batch (reference.distributed_batches),
+    in the reference. Returns the epochs' losses."""
     state = {"m": [np.zeros_like(W) for W in weights], "v": [np.zeros_like(W) for W in weights]}
     step, losses = 0, []
     for epoch in range(1, epochs + 1):
-        orders = [np.random.default_rng([seed, epoch, rank]).permutation(len(X)) for rank, (X, _) in enumerate(parts)]
-        splits = [np.array_split(order, n_batches) for order in orders]
         total = 0.0
-        for b in range(n_batches):
-            X_b = np.concatenate([X[split[b]] for (X, _), split in zip(parts, splits)])
-            y_b = np.concatenate([y[split[b]] for (_, y), split in zip(parts, splits)])
+        for rows in reference.distributed_batches([len(X) for X, _ in parts], batch_size, seed, epoch):
+            X_b = np.concatenate([X[r] for (X, _), r in zip(parts, rows)])
+            y_b = np.concatenate([y[r] for (_, y), r in zip(parts, rows)])
             value, grads = reference.loss_and_gradients(weights, X_b, y_b, alpha=alpha)
             total += (value - 0.5 * alpha * sum(float((W[:-1] ** 2).sum()) for W in weights) / len(X_b)) * len(X_b)
             step += 1
@@ -158,16 +155,13 @@ def test_sample_weights_scale_by_the_global_batch_s_weight():
     assert errors == [None, None]
     # The reference on the union: each global batch's loss is its rows' weighted mean.
     ref = mlpcore.Network(SIZES, dtype="float64", seed=3).get_weights()
-    n_batches = -(-26 // 5)
     losses = []
     for epoch in (1, 2):
-        splits = [np.array_split(np.random.default_rng([4, epoch, r]).permutation(len(X)), n_batches)
-                  for r, (X, _) in enumerate(parts)]
         total = 0.0
-        for b in range(n_batches):
-            X_b = np.concatenate([X[s[b]] for (X, _), s in zip(parts, splits)])
-            y_b = np.concatenate([y[s[b]] for (_, y), s in zip(parts, splits)])
-            w_b = np.concatenate([w[s[b]] for w, s in zip(weights, splits)])
+        for rows in reference.distributed_batches([26, 18], 5, 4, epoch):
+            X_b = np.concatenate([X[r] for (X, _), r in zip(parts, rows)])
+            y_b = np.concatenate([y[r] for (_, y), r in zip(parts, rows)])
+            w_b = np.concatenate([w[r] for w, r in zip(weights, rows)])
             value, grads = reference.loss_and_gradients(ref, X_b, y_b, sample_weight=w_b)
             total += value * w_b.sum()
             for W, g in zip(ref, grads):
@@ -226,3 +220,12 @@ def test_comm_must_look_like_mpi4py_s():
     X, y = make_problem(SIZES, 10, np.float64)
     with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
         mlpcore.Network(SIZES).fit(X, y, epochs=1, comm=object())
+
+
+def test_the_global_batches_cover_every_row_once_in_parts_of_at_most_batch_size():
+    batches = reference.distributed_batches([37, 21, 29], 4, seed=7, epoch=2)
+    assert len(batches) == 10  # ceil(37 / 4)
+    for rank, n in enumerate([37, 21, 29]):
+        rows = np.concatenate([b[rank] for b in batches])
+        assert sorted(rows) == list(range(n))
+        assert all(1 <= len(b[rank]) <= 4 for b in batches)

@@ -126,3 +126,18 @@ def test_mlpcore_train_distributed_error_ends_every_rank(tmp_path):
                                str(tmp_path / "missing"), "--out", str(tmp_path / "run")], {}, tmp_path)
     assert run.returncode != 0 and seconds < 30
     assert "mlpcore: error" in run.stderr or "mlpcore train" in run.stderr
+
+
+def test_an_mpi4py_without_an_mpi_library_is_one_line_saying_what_to_install(tmp_path):
+    # mpi4py's wheels raise RuntimeError (not ImportError) from `from mpi4py import MPI` when no MPI
+    # library can be loaded: a stand-in package that does the same.
+    (tmp_path / "fake" / "mpi4py").mkdir(parents=True)
+    (tmp_path / "fake" / "mpi4py" / "__init__.py").write_text("")
+    (tmp_path / "fake" / "mpi4py" / "MPI.py").write_text(
+        "raise RuntimeError('cannot load MPI library: libmpi.so.12: cannot open shared object file')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "fake"))
+    run = subprocess.run([sys.executable, "-m", "mlpcore", "train", "--distributed", "--out", str(tmp_path / "r")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert run.returncode == 2
+    assert "found no MPI library" in run.stderr and "pip install 'mlpcore[mpi]'" in run.stderr
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
