@@ -95,6 +95,7 @@ class Plan:
         comm.Bcast(chosen, root=0)
         self.seed = int(chosen[0])
         self.total_rows = int(self.shards.sum())
+        self.threads = threads_per_rank(comm)
         self.total_weight = (float(allreduce_sum(comm, [sample_weight.sum(dtype=np.float64)])[0])
                              if sample_weight is not None else float(self.total_rows))
 
@@ -114,6 +115,23 @@ class Plan:
         total = allreduce_sum(self.comm, local)
         with np.errstate(divide="ignore"):
             return np.where(total > 0, 1 / np.where(total > 0, total, 1), 0.0)
+
+
+def threads_per_rank(comm):
+    """fit's threads=None on a rank: its share of this machine's cores, usable cores // the ranks on this
+    machine (mpiexec starts every rank with all the cores in view: 2 ranks of 2 threads on 2 cores ran
+    10x slower here than 2 of 1), within OMP_NUM_THREADS; None (every core) for a communicator that cannot
+    tell its ranks on this machine (not mpi4py's)."""
+    from . import _threads
+    split = getattr(comm, "Split_type", None)
+    if split is None or not type(comm).__module__.startswith("mpi4py"):
+        return None
+    from mpi4py import MPI
+    local = split(MPI.COMM_TYPE_SHARED)
+    try:
+        return max(1, _threads.default_threads() // local.Get_size())
+    finally:
+        local.Free()
 
 
 def broadcast_state(comm, net, optimizer):

@@ -116,6 +116,8 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
     (X_val, val_labels, val_targets) or None; `comm` makes it data-parallel (mlpcore._distributed)."""
     n = X.shape[0]
     plan = _distributed.Plan(comm, n, batch_size, sample_weight, seed) if comm is not None else None
+    if plan is not None and threads is None:
+        threads = plan.threads
     batch_size = min(batch_size, n) if plan is None else plan.batch_size
     n_batches = -(-n // batch_size) if plan is None else plan.n_batches
     rng = np.random.default_rng(seed)

@@ -141,3 +141,17 @@ def test_an_mpi4py_without_an_mpi_library_is_one_line_saying_what_to_install(tmp
     assert run.returncode == 2
     assert "found no MPI library" in run.stderr and "pip install 'mlpcore[mpi]'" in run.stderr
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_each_rank_takes_its_share_of_the_machine_s_cores(tmp_path):
+    # mpiexec starts every rank seeing every core: threads=None is their share, not all of them each.
+    (tmp_path / "threads.py").write_text(
+        "from mpi4py import MPI\nfrom mlpcore import _distributed, _threads\n"
+        "print(_distributed.threads_per_rank(MPI.COMM_WORLD), _threads.default_threads(), flush=True)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    run = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "threads.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert run.returncode == 0, run.stderr
+    for line in run.stdout.strip().splitlines():
+        share, cores = map(int, line.split())
+        assert share == max(1, cores // 2)
