@@ -319,14 +319,14 @@ def _train(args):
         comm = args.comm = _mpi_world()
         rank, size = comm.Get_rank(), comm.Get_size()
     _OUTPUT["quiet"] = rank != 0  # rank 0 alone prints and saves
-    out = args.out if args.out is not None else _new_run_dir() if rank == 0 else None
-    if rank != 0:
-        pass
-    elif out.exists() and not out.is_dir():
-        raise UsageError(f"mlpcore train: --out {out} exists and is not a folder")
-    if (out / "model.npz").exists() and not args.force:
-        raise UsageError(f"mlpcore train: {out} already holds a model: choose another --out, or add "
-                         "--force to replace it")
+    out = None  # rank 0 alone writes
+    if rank == 0:
+        out = args.out if args.out is not None else _new_run_dir()
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"mlpcore train: --out {out} exists and is not a folder")
+        if (out / "model.npz").exists() and not args.force:
+            raise UsageError(f"mlpcore train: {out} already holds a model: choose another --out, or add "
+                             "--force to replace it")
     chosen = _settings(args)
     optimizer = _optimizer(chosen)
     schedule = schedules.Cosine(warmup=chosen["warmup"]) if chosen["schedule"] == "cosine" else None

@@ -121,6 +121,16 @@ def test_mlpcore_train_distributed(tmp_path):
     assert net.metadata["settings"]["ranks"] == 2 and net.metadata["epochs_trained"] == 2
 
 
+def test_mlpcore_train_distributed_without_out_saves_one_run_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    data = write_idx_data_set(tmp_path / "data")
+    run, _ = mpiexec(2, [sys.executable, "-m", "mlpcore", "train", "--distributed", "--data", str(data),
+                         "--epochs", "1", "--hidden", "16"], {}, tmp_path)
+    assert run.returncode == 0, run.stderr
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "model.npz").exists()
+
+
 def test_mlpcore_train_distributed_error_ends_every_rank(tmp_path):
     run, seconds = mpiexec(2, [sys.executable, "-m", "mlpcore", "train", "--distributed", "--data",
                                str(tmp_path / "missing"), "--out", str(tmp_path / "run")], {}, tmp_path)
