@@ -52,7 +52,8 @@ class Reducer:
         self.comm, self.grads = comm, grads
         self.in_place = _mpi_in_place(comm)
         self.received = None if self.in_place is not None else np.empty_like(grads)
-        self.scalars = np.zeros(2)
+        # The batch's (loss, correct) and their sums: float64 apart from the gradient's dtype, allocated once.
+        self.scalars, self.summed = np.zeros(2), np.zeros(2)
         self.error = None
 
     def __call__(self, batch, loss, correct):
@@ -63,8 +64,8 @@ class Reducer:
                 self.comm.Allreduce(self.grads, self.received)
                 np.copyto(self.grads, self.received)
             self.scalars[:] = loss, correct
-            summed = allreduce_sum(self.comm, self.scalars)
-            return float(summed[0]), float(summed[1])
+            self.comm.Allreduce(self.scalars, self.summed)
+            return float(self.summed[0]), float(self.summed[1])
         except BaseException as exc:  # noqa: BLE001  (raised again by train_epochs, with its traceback)
             self.error = exc
             return None

@@ -244,6 +244,12 @@ class Network:
         X, labels, targets = self._check_data(X, y, one_batch=True)
         sample_weight = check.check_sample_weight(sample_weight, X.shape[0], self.dtype)
         alpha = check.check_real(alpha, "alpha", low=0)
+        loss, grads = self._loss_and_flat_gradients(X, labels, targets, sample_weight, alpha, threads)
+        return loss, _split(grads, self._shapes)
+
+    def _loss_and_flat_gradients(self, X, labels, targets, sample_weight, alpha, threads):
+        """loss_and_gradients on checked arguments, the gradient one flat array laid out like the parameters
+        (what an optimizer of the flat vector takes: mlpcore.sklearn's L-BFGS, which checks X once)."""
         grads = np.empty_like(self._params)
         total, done, _ = _training.one_batch_of_all_rows(
             self, X, labels, targets, grads, _compiled.UpdateRule(_compiled.GRADIENTS_ONLY),
@@ -253,13 +259,18 @@ class Network:
                 "the loss is not finite for these weights and inputs: the outputs overflow "
                 f"{self.dtype.name}; the weights are too large or the inputs unscaled")
         weight_sum = X.shape[0] if sample_weight is None else float(sample_weight.sum(dtype=np.float64))
-        loss, grads = total / weight_sum, _split(grads, self._shapes)
+        loss = total / weight_sum
         if alpha > 0:
             with self._lock.reading():
-                for W, G in zip(self.weights, grads):
+                for W, G in zip(self.weights, _split(grads, self._shapes)):
                     loss += 0.5 * alpha * float(np.dot(W[:-1].ravel(), W[:-1].ravel())) / weight_sum
                     G[:-1] += (alpha / weight_sum) * W[:-1]
         return loss, grads
+
+    def _set_flat_params(self, flat):
+        """Every weight from one flat array laid out like the parameters (finite, checked by the caller)."""
+        with self._lock.writing():
+            np.copyto(self._params, flat, casting="same_kind")
 
     def train_step(self, X, y, lr):
         """One step of gradient descent on the batch (X, y), in place. Returns the loss before the step."""

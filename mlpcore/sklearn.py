@@ -24,6 +24,7 @@ from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_targ
 from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from . import _validation as check
 from . import optimizers
 from .network import Network, TrainingDiverged
 
@@ -334,8 +335,8 @@ class _BaseMLP(BaseEstimator):
                             raise
                         # scikit-learn's weights would be NaN from here on, every loss and validation score
                         # NaN (the count of epochs without improvement resets on NaN, so its fit runs to
-                        # max_iter), and the best weights restored. Network.fit has put back the last epoch's weights: the NaN
-                        # epochs are counted without training.
+                        # max_iter), and the best weights restored. Network.fit has put back the last
+                        # epoch's weights: the NaN epochs are counted without training.
                         diverged = True
                 if diverged:
                     self.loss_ = np.nan
@@ -442,30 +443,27 @@ class _BaseMLP(BaseEstimator):
 
     def _fit_lbfgs(self, X, y, sample_weight):
         net = self.network_
-        targets = self._targets(y)
-        shapes = [W.shape for W in net.weights]
-        sizes = [rows * cols for rows, cols in shapes]
+        # Checked once, not at each of up to max_fun evaluations; the parameters and their gradient go to
+        # and from L-BFGS as one flat vector, the network's own layout (each W, bias row last).
+        X, labels, targets = net._check_data(X, self._targets(y), one_batch=True)
+        sample_weight = check.check_sample_weight(sample_weight, X.shape[0], net.dtype)
         weight_sum = X.shape[0] if sample_weight is None else float(sample_weight.sum())
         outputs_mean = self.out_activation_ == "identity" and self.n_outputs_ > 1
         threads = self._call_threads()
 
-        def unpack(packed):
-            return [part.reshape(shape) for part, shape in zip(np.split(packed, np.cumsum(sizes)[:-1]), shapes)]
-
         def loss_and_gradient(packed):
             if not np.isfinite(packed).all():
                 return np.inf, np.zeros_like(packed)  # the line search steps back
-            net.weights = unpack(packed)
+            net._set_flat_params(packed)
             try:
-                loss, grads = net.loss_and_gradients(X, targets, sample_weight=sample_weight, alpha=self.alpha,
-                                                     threads=threads)
+                loss, grads = net._loss_and_flat_gradients(X, labels, targets, sample_weight, self.alpha, threads)
             except TrainingDiverged:
                 return np.inf, np.zeros_like(packed)
             if outputs_mean:
                 # scikit-learn's value (not its gradient) averages the squared error over the outputs.
                 l2 = 0.5 * self.alpha * _squared_norm(net) / weight_sum
                 loss = (loss - l2) / self.n_outputs_ + l2
-            return float(loss), np.concatenate([g.ravel() for g in grads]).astype(np.float64)
+            return float(loss), grads.astype(np.float64)
 
         iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
         result = scipy.optimize.minimize(
@@ -477,7 +475,7 @@ class _BaseMLP(BaseEstimator):
         self.loss_ = result.fun
         if not np.isfinite(result.x).all():
             raise ValueError(_NON_FINITE)
-        net.weights = unpack(result.x)
+        net._set_flat_params(result.x)
 
     # ---------------------------------------------------------------------------------------------
     # Inference

@@ -42,6 +42,14 @@ cdef inline Py_ssize_t row_argmax(const floating* row, Py_ssize_t n) noexcept no
     return best
 
 
+cdef inline void clear_counts(floating* column_sums, Py_ssize_t n_outputs, Py_ssize_t* n_correct) noexcept nogil:
+    """Zero what a head accumulates over its rows (either may be NULL: not wanted)."""
+    if column_sums != NULL:
+        memset(column_sums, 0, n_outputs * sizeof(floating))
+    if n_correct != NULL:
+        n_correct[0] = 0
+
+
 cdef inline floating exp_shifted(floating* row, Py_ssize_t n, floating shift) noexcept nogil:
     """Replace row with exp(row - shift); return its sum."""
     cdef floating total = 0
@@ -74,10 +82,7 @@ cdef inline double softmax_cross_entropy(floating* z, Py_ssize_t m, Py_ssize_t n
     cdef floating* row
     cdef const floating* t = NULL
     cdef Py_ssize_t i, j, y = 0
-    if column_sums != NULL:
-        memset(column_sums, 0, n_classes * sizeof(floating))
-    if n_correct != NULL:
-        n_correct[0] = 0
+    clear_counts(column_sums, n_classes, n_correct)
     for i in range(m):
         row = z + i * n_classes
         zmax = row_max(row, n_classes)
@@ -166,10 +171,7 @@ cdef inline double elementwise_loss_and_gradient(int head, floating* z, Py_ssize
     cdef floating* row
     cdef const floating* t_row
     cdef Py_ssize_t i, j, wrong
-    if column_sums != NULL:
-        memset(column_sums, 0, n_outputs * sizeof(floating))
-    if n_correct != NULL:
-        n_correct[0] = 0
+    clear_counts(column_sums, n_outputs, n_correct)
     for i in range(m):
         row = z + i * n_outputs
         t_row = targets + i * n_outputs

@@ -85,21 +85,25 @@ def shards(dtype, sizes_of_shards, targets="labels", seed=1):
     return [(X[a:b], y[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def reference_on_the_union(weights, parts, optimizer, epochs, batch_size, seed, alpha=0.0):
+def reference_on_the_union(weights, parts, optimizer, epochs, batch_size, seed, alpha=0.0, sample_weights=None):
     """Training on the union of the shards, global batch by global batch (reference.distributed_batches),
-    in the reference. Returns the epochs' losses."""
+    in the reference; `sample_weights` one array per shard. Returns the epochs' losses."""
     state = {"m": [np.zeros_like(W) for W in weights], "v": [np.zeros_like(W) for W in weights]}
+    shard_weights = sample_weights or [np.ones(len(X)) for X, _ in parts]
     step, losses = 0, []
     for epoch in range(1, epochs + 1):
         total = 0.0
         for rows in reference.distributed_batches([len(X) for X, _ in parts], batch_size, seed, epoch):
             X_b = np.concatenate([X[r] for (X, _), r in zip(parts, rows)])
             y_b = np.concatenate([y[r] for (_, y), r in zip(parts, rows)])
-            value, grads = reference.loss_and_gradients(weights, X_b, y_b, alpha=alpha)
-            total += (value - 0.5 * alpha * sum(float((W[:-1] ** 2).sum()) for W in weights) / len(X_b)) * len(X_b)
+            w_b = np.concatenate([w[r] for w, r in zip(shard_weights, rows)])
+            value, grads = reference.loss_and_gradients(weights, X_b, y_b, alpha=alpha,
+                                                        sample_weight=w_b if sample_weights else None)
+            penalty = 0.5 * alpha * sum(float((W[:-1] ** 2).sum()) for W in weights) / w_b.sum()
+            total += (value - penalty) * w_b.sum()
             step += 1
             reference_step(optimizer, weights, grads, state, step, optimizer.lr)
-        losses.append(total / sum(len(X) for X, _ in parts))
+        losses.append(total / sum(w.sum() for w in shard_weights))
     return losses
 
 
@@ -155,18 +159,7 @@ def test_sample_weights_scale_by_the_global_batch_s_weight():
     assert errors == [None, None]
     # The reference on the union: each global batch's loss is its rows' weighted mean.
     ref = mlpcore.Network(SIZES, dtype="float64", seed=3).get_weights()
-    losses = []
-    for epoch in (1, 2):
-        total = 0.0
-        for rows in reference.distributed_batches([26, 18], 5, 4, epoch):
-            X_b = np.concatenate([X[r] for (X, _), r in zip(parts, rows)])
-            y_b = np.concatenate([y[r] for (_, y), r in zip(parts, rows)])
-            w_b = np.concatenate([w[r] for w, r in zip(weights, rows)])
-            value, grads = reference.loss_and_gradients(ref, X_b, y_b, sample_weight=w_b)
-            total += value * w_b.sum()
-            for W, g in zip(ref, grads):
-                W -= 0.2 * g
-        losses.append(total / sum(w.sum() for w in weights))
+    losses = reference_on_the_union(ref, parts, optimizers.SGD(lr=0.2), 2, 5, 4, sample_weights=weights)
     for W, ref_W in zip(results[0][0], ref):
         assert relative_error(W, ref_W) <= 1e-10
     np.testing.assert_allclose(results[0][1], losses, rtol=1e-10)
