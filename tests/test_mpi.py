@@ -157,11 +157,15 @@ def test_each_rank_takes_its_share_of_the_machine_s_cores(tmp_path):
     # mpiexec starts every rank seeing every core: threads=None is their share, not all of them each.
     (tmp_path / "threads.py").write_text(
         "from mpi4py import MPI\nfrom mlpcore import _distributed, _threads\n"
-        "print(_distributed.threads_per_rank(MPI.COMM_WORLD), _threads.default_threads(), flush=True)\n")
+        "seen = MPI.COMM_WORLD.gather((_distributed.threads_per_rank(MPI.COMM_WORLD), _threads.default_threads()))\n"
+        "if MPI.COMM_WORLD.Get_rank() == 0:\n"  # one printer: the ranks' lines could interleave
+        "    print('\\n'.join(f'{share} {cores}' for share, cores in seen), flush=True)\n")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     run = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "threads.py"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=TIMEOUT)
     assert run.returncode == 0, run.stderr
-    for line in run.stdout.strip().splitlines():
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
         share, cores = map(int, line.split())
         assert share == max(1, cores // 2)
