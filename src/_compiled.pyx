@@ -31,7 +31,7 @@ from _team cimport MLPCORE_OPENMP, mlpcore_member, mlpcore_team_size, mlpcore_ma
 from _team cimport MAX_TEAM, LOSS_STRIDE, share_start
 from _workspace cimport (Workspace, workspace_size as _workspace_size, carve_workspace, release_workspace,
                          n_weights)
-from _update_rules cimport Rule, RuleKind, RULE_GRADIENTS_ONLY, RULE_SGD, RULE_SGD_MOMENTUM, RULE_ADAM
+from _update_rules cimport Rule, RuleKind, RULE_GRADIENTS_ONLY, RULE_SGD, RULE_SGD_MOMENTUM, RULE_ADAM, PANEL_BYTES
 from _training cimport TeamResult, Regularisation, train_member
 from _inference cimport evaluate_member
 from _activations cimport ACT_IDENTITY, ACT_RELU, ACT_TANH, ACT_LOGISTIC
@@ -48,6 +48,8 @@ GRADIENTS_ONLY = RULE_GRADIENTS_ONLY
 SGD = RULE_SGD
 SGD_MOMENTUM = RULE_SGD_MOMENTUM
 ADAM = RULE_ADAM
+# Small batches' gradients are computed and stepped this many bytes at a time (_update_rules.pxd).
+GRADIENT_PANEL_BYTES = PANEL_BYTES
 #: The hidden layers' activations (_activations.pxd), by the names Network takes.
 ACTIVATIONS = {"identity": ACT_IDENTITY, "relu": ACT_RELU, "tanh": ACT_TANH, "logistic": ACT_LOGISTIC}
 #: The heads (_head.pxd), by the names of their losses as Network takes them.

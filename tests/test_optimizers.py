@@ -80,6 +80,26 @@ def test_rows_scheme_with_adam_matches_the_reference(monkeypatch):
         assert relative_error(W, ref_W) <= 1e-10
 
 
+@pytest.mark.parametrize("name", ["momentum", "nesterov", "adam-l2"])
+def test_small_batches_stepped_panel_by_panel_match_the_reference(name, threads, dtype):
+    # Batches of 8 rows: a rule with a step computes and steps the first layer's gradient a cache-sized
+    # panel of weight rows at a time; 600 input rows make two or more panels of every worker's block (a
+    # team shares batches of 8 out by features, 96 wide: blocks of 96 / team columns).
+    sizes = [600, 96, 10]
+    assert not _compiled.split_by_rows(8, sizes[1], dtype.itemsize)
+    block_columns = sizes[1] // threads
+    panel_rows = _compiled.GRADIENT_PANEL_BYTES // (block_columns * dtype.itemsize)
+    assert 2 * 8 <= panel_rows < sizes[0]
+    X, y = make_problem(sizes, 40, dtype, seed=3)
+    net = mlpcore.Network(sizes, dtype=dtype, init="glorot", seed=4)
+    ref_weights = [W.copy() for W in net.weights]
+    net.fit(X, y, epochs=3, batch_size=8, optimizer=OPTIMIZERS[name](), seed=0, threads=threads)
+    _reference_fit(ref_weights, X, y, OPTIMIZERS[name](), lambda p: 1.0, epochs=3, batch_size=8,
+                   state=_zeros_like(ref_weights))
+    for W, ref_W in zip(net.weights, ref_weights):
+        assert relative_error(W, ref_W) <= TOLERANCE[dtype]
+
+
 @pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adamw"])
 def test_rules_with_state_flush_subnormals_and_plain_sgd_keeps_them(name, threads, dtype):
     # Input feature 0 is always 0, so its weights' gradient is exactly 0: what a step leaves in their
