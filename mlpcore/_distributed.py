@@ -76,6 +76,8 @@ class Plan:
 
     def __init__(self, comm, n_rows, batch_size, sample_weight, seed):
         self.comm, self.rank, self.size = comm, int(comm.Get_rank()), int(comm.Get_size())
+        self.n_rows = n_rows
+        self._unweighted_scales = None
         counts = np.zeros(self.size)
         counts[self.rank] = n_rows
         self.shards = allreduce_sum(comm, counts).astype(np.int64)
@@ -100,22 +102,25 @@ class Plan:
         self.total_weight = (float(allreduce_sum(comm, [sample_weight.sum(dtype=np.float64)])[0])
                              if sample_weight is not None else float(self.total_rows))
 
-    def order(self, epoch, shuffle):
-        """This rank's rows in the epoch's order: shuffled by (seed, epoch, rank)."""
-        n = int(self.shards[self.rank])
-        if not shuffle:
-            return np.arange(n, dtype=np.intp)
-        return np.random.default_rng([self.seed, epoch, self.rank]).permutation(n).astype(np.intp)
+    def order(self, epoch):
+        """This rank's rows in the epoch's shuffled order: shuffled by (seed, epoch, rank)."""
+        return np.random.default_rng([self.seed, epoch, self.rank]).permutation(self.n_rows).astype(np.intp)
 
     def batch_scales(self, order):
-        """1 / the weight of each global batch (its rows' count without sample weights)."""
+        """1 / the weight of each global batch (its rows' count without sample weights), for this rank's
+        rows in `order` (empty: in their own order). Without sample weights the same every epoch."""
         if self.sample_weight is None:
-            local = np.diff(self.batch_starts).astype(np.float64)
-        else:
-            local = np.add.reduceat(self.sample_weight[order].astype(np.float64), self.batch_starts[:-1])
-        total = allreduce_sum(self.comm, local)
-        with np.errstate(divide="ignore"):
-            return np.where(total > 0, 1 / np.where(total > 0, total, 1), 0.0)
+            if self._unweighted_scales is None:
+                self._unweighted_scales = _inverse(allreduce_sum(self.comm, np.diff(self.batch_starts)))
+            return self._unweighted_scales
+        weights = self.sample_weight[order] if order.size else self.sample_weight
+        return _inverse(allreduce_sum(self.comm, np.add.reduceat(weights.astype(np.float64),
+                                                                 self.batch_starts[:-1])))
+
+
+def _inverse(totals):
+    """1 / each total, 0 where it is 0 (a batch that weighs nothing)."""
+    return np.where(totals > 0, 1 / np.where(totals > 0, totals, 1), 0.0)
 
 
 def threads_per_rank(comm):

@@ -167,10 +167,13 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
         try:
             for epoch in range(1, epochs + 1):
                 started = time.perf_counter()
-                if plan is None:
-                    order = rng.permutation(n).astype(np.intp, copy=False) if shuffle else _ROWS_IN_ORDER
+                if not shuffle:
+                    order = _ROWS_IN_ORDER
+                elif plan is None:
+                    order = rng.permutation(n).astype(np.intp, copy=False)
                 else:
-                    order = plan.order(epoch, shuffle)
+                    order = plan.order(epoch)
+                if plan is not None:
                     extra["batch_scales"] = plan.batch_scales(order)
                 factors = epoch_factors[epoch - 1]
                 rule.lr_factors, rule.step = factors, optimizer.step

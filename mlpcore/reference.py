@@ -311,13 +311,14 @@ def dropout_mask(key, batch, layer, rows, width, dropout):
 # -------------------------------------------------------------------------------------------------
 # Data-parallel training (fit's comm): which rows of which rank make up each global batch.
 
-def distributed_batches(shard_sizes, batch_size, seed, epoch):
+def distributed_batches(shard_sizes, batch_size, seed, epoch, shuffle=True):
     """The global batches of `epoch` (from 1) of data-parallel training over shards of these sizes: a
     list, batch by batch, of one index array per rank (rows of its shard). Every rank trains
     ceil(largest shard / batch_size) batches; rank r shuffles its rows with default_rng([seed, epoch, r])
-    and cuts them into that many near-equal parts (numpy.array_split). Training on these batches of the
-    union of the shards, one step each, is what every rank's fit computes."""
+    (unless not `shuffle`) and cuts them into that many near-equal parts (numpy.array_split). Training on
+    these batches of the union of the shards, one step each, is what every rank's fit computes."""
     n_batches = -(-max(shard_sizes) // batch_size)
-    parts = [np.array_split(np.random.default_rng([seed, epoch, rank]).permutation(n), n_batches)
+    parts = [np.array_split(np.random.default_rng([seed, epoch, rank]).permutation(n) if shuffle
+                            else np.arange(n), n_batches)
              for rank, n in enumerate(shard_sizes)]
     return [[rank_parts[b] for rank_parts in parts] for b in range(n_batches)]

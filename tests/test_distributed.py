@@ -85,7 +85,8 @@ def shards(dtype, sizes_of_shards, targets="labels", seed=1):
     return [(X[a:b], y[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def reference_on_the_union(weights, parts, optimizer, epochs, batch_size, seed, alpha=0.0, sample_weights=None):
+def reference_on_the_union(weights, parts, optimizer, epochs, batch_size, seed, alpha=0.0, sample_weights=None,
+                           shuffle=True):
     """Training on the union of the shards, global batch by global batch (reference.distributed_batches),
     in the reference; `sample_weights` one array per shard. Returns the epochs' losses."""
     state = {"m": [np.zeros_like(W) for W in weights], "v": [np.zeros_like(W) for W in weights]}
@@ -93,7 +94,7 @@ def reference_on_the_union(weights, parts, optimizer, epochs, batch_size, seed, 
     step, losses = 0, []
     for epoch in range(1, epochs + 1):
         total = 0.0
-        for rows in reference.distributed_batches([len(X) for X, _ in parts], batch_size, seed, epoch):
+        for rows in reference.distributed_batches([len(X) for X, _ in parts], batch_size, seed, epoch, shuffle):
             X_b = np.concatenate([X[r] for (X, _), r in zip(parts, rows)])
             y_b = np.concatenate([y[r] for (_, y), r in zip(parts, rows)])
             w_b = np.concatenate([w[r] for w, r in zip(shard_weights, rows)])
@@ -160,6 +161,27 @@ def test_sample_weights_scale_by_the_global_batch_s_weight():
     # The reference on the union: each global batch's loss is its rows' weighted mean.
     ref = mlpcore.Network(SIZES, dtype="float64", seed=3).get_weights()
     losses = reference_on_the_union(ref, parts, optimizers.SGD(lr=0.2), 2, 5, 4, sample_weights=weights)
+    for W, ref_W in zip(results[0][0], ref):
+        assert relative_error(W, ref_W) <= 1e-10
+    np.testing.assert_allclose(results[0][1], losses, rtol=1e-10)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample weights"])
+def test_unshuffled_ranks_train_their_rows_in_order(weighted):
+    parts = shards(np.float64, (23, 17))
+    weights = [np.random.default_rng(rank).random(len(X)) for rank, (X, _) in enumerate(parts)]
+    world = FakeWorld(2)
+
+    def work(rank, comm):
+        net = mlpcore.Network(SIZES, dtype="float64", seed=3)
+        history = net.fit(*parts[rank], epochs=2, batch_size=5, lr=0.2, seed=4, threads=1, comm=comm,
+                          shuffle=False, sample_weight=weights[rank] if weighted else None)
+        return net.get_weights(), history.loss
+    results, errors = run_ranks(world, work)
+    assert errors == [None, None]
+    ref = mlpcore.Network(SIZES, dtype="float64", seed=3).get_weights()
+    losses = reference_on_the_union(ref, parts, optimizers.SGD(lr=0.2), 2, 5, 4, shuffle=False,
+                                    sample_weights=weights if weighted else None)
     for W, ref_W in zip(results[0][0], ref):
         assert relative_error(W, ref_W) <= 1e-10
     np.testing.assert_allclose(results[0][1], losses, rtol=1e-10)
