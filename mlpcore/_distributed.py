@@ -27,9 +27,14 @@ def check_comm(comm):
     return comm
 
 
+def _is_mpi4py(comm):
+    """Whether comm is mpi4py's (whose module is loaded then), not a duck-typed stand-in."""
+    return type(comm).__module__.startswith("mpi4py")
+
+
 def _mpi_in_place(comm):
-    """mpi4py's MPI.IN_PLACE for an mpi4py communicator (whose module is loaded then), else None."""
-    if type(comm).__module__.startswith("mpi4py"):
+    """mpi4py's MPI.IN_PLACE for an mpi4py communicator, else None."""
+    if _is_mpi4py(comm):
         from mpi4py import MPI
         return MPI.IN_PLACE
     return None
@@ -129,11 +134,10 @@ def threads_per_rank(comm):
     10x slower here than 2 of 1), within OMP_NUM_THREADS; None (every core) for a communicator that cannot
     tell its ranks on this machine (not mpi4py's)."""
     from . import _threads
-    split = getattr(comm, "Split_type", None)
-    if split is None or not type(comm).__module__.startswith("mpi4py"):
+    if not _is_mpi4py(comm):
         return None
     from mpi4py import MPI
-    local = split(MPI.COMM_TYPE_SHARED)
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
         return max(1, _threads.default_threads() // local.Get_size())
     finally:

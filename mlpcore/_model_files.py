@@ -20,10 +20,9 @@ FILE_VERSION = 2
 DEFAULT_KIND = {"activation": "relu", "loss": "cross_entropy"}
 
 
-def write(path, layer_sizes, dtype, weights, metadata, kind=None):
+def write(path, layer_sizes, dtype, weights, metadata, kind):
     """Write a network's parts to `path` as a .npz file (no pickle), atomically; the mlpcore version is
-    added to `metadata`. `kind`: {"activation": ..., "loss": ...}, the defaults if None."""
-    kind = dict(DEFAULT_KIND, **(kind or {}))
+    added to `metadata`. `kind`: {"activation": ..., "loss": ...}."""
     kind_entries = {} if kind == DEFAULT_KIND else {name: np.array(value) for name, value in kind.items()}
     metadata = dict(metadata, mlpcore_version=__version__)
     try:
@@ -32,7 +31,7 @@ def write(path, layer_sizes, dtype, weights, metadata, kind=None):
         raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
     arrays = {f"weights_{i}": W for i, W in enumerate(weights)}
     with atomic_write(path) as f:
-        np.savez(f, format=np.array(FILE_FORMAT), format_version=np.array(2 if kind_entries else 1),
+        np.savez(f, format=np.array(FILE_FORMAT), format_version=np.array(FILE_VERSION if kind_entries else 1),
                  layer_sizes=np.array(layer_sizes, dtype=np.int64),
                  dtype=np.array(dtype.name), metadata=np.array(metadata_json), **kind_entries, **arrays)
 

@@ -88,15 +88,23 @@ def _warn_if_unhealthy(history, n_classes, warned):
                       "initialisation, or raise the learning rate", TrainingWarning, stacklevel=5)
 
 
-def one_batch_of_all_rows(net, X, labels, targets, grads, rule, writes=False, sample_weight=None, threads=None):
+def all_rows_workspace(net, n, threads):
+    """The workspace of one_batch_of_all_rows on n rows and `threads`."""
+    workers = _threads.team(threads, n)[0]
+    return np.empty(_compiled.workspace_size(net._sizes, n, False, workers, True), dtype=net.dtype)
+
+
+def one_batch_of_all_rows(net, X, labels, targets, grads, rule, writes=False, sample_weight=None, threads=None,
+                          work=None):
     """The whole of X as one batch of `net`, through the update rule `rule`: (summed loss, batches done).
 
     The rows are taken in place, not gathered, so train_batches needs no label_work. With `writes` (the
     rule steps the weights), a step whose loss or weights are not finite is undone (batches done: 0),
-    under the network's lock, so no reader sees it."""
+    under the network's lock, so no reader sees it. `work`: all_rows_workspace's, or None for a new one."""
     n = X.shape[0]
     workers, blas_threads = _threads.team(threads, n)
-    work = np.empty(_compiled.workspace_size(net._sizes, n, False, workers, True), dtype=net.dtype)
+    if work is None:
+        work = all_rows_workspace(net, n, threads)
     with _threads.blas_threads(blas_threads, strict=True), (net._lock.writing() if writes else net._lock.reading()):
         before = net._params.copy() if writes else None
         total, done, right = _compiled.train_batches(
@@ -115,12 +123,11 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
     """Network.fit's loop (see its docstring), on arguments it has checked; `validation` is
     (X_val, val_labels, val_targets) or None; `comm` makes it data-parallel (mlpcore._distributed)."""
     n = X.shape[0]
-    plan = _distributed.Plan(comm, n, batch_size, sample_weight, seed) if comm is not None else None
-    if plan is not None and threads is None:
+    plan = (_distributed.Plan(comm, n, batch_size, sample_weight, seed) if comm is not None
+            else _LocalPlan(n, batch_size, sample_weight, seed))
+    if threads is None:
         threads = plan.threads
-    batch_size = min(batch_size, n) if plan is None else plan.batch_size
-    n_batches = -(-n // batch_size) if plan is None else plan.n_batches
-    rng = np.random.default_rng(seed)
+    batch_size, n_batches = plan.batch_size, plan.n_batches
     # Everything the batches need is allocated here, once, and reused by every batch.
     workers, blas_threads = _threads.team(threads, batch_size)
     grads = np.empty_like(net._params)
@@ -136,21 +143,19 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
         extra["dropout"] = dropout
     if sample_weight is not None:
         extra.update(sample_weight=sample_weight, weight_work=np.empty(batch_size, dtype=net.dtype))
-    # The loss of an epoch is the weighted mean over its rows (every rank's).
-    total_weight = float(sample_weight.sum(dtype=np.float64)) if sample_weight is not None else n
-    total_rows = n
-    if plan is not None:
-        total_weight, total_rows = plan.total_weight, plan.total_rows
-        extra.update(batch_starts=plan.batch_starts, reducer=_distributed.Reducer(comm, grads))
+    reducer = None
+    if comm is not None:
+        reducer = _distributed.Reducer(comm, grads)
+        extra.update(batch_starts=plan.batch_starts, reducer=reducer)
     # Dropout's masks: a key per epoch from the seed (its own stream, apart from the shuffling's).
     if dropout > 0:
-        dropout_keys = np.random.default_rng([0x6D6C70, plan.seed if plan is not None else seed if seed is not None
+        dropout_keys = np.random.default_rng([0x6D6C70, plan.seed if plan.seed is not None
                                               else np.random.SeedSequence().entropy])
     # Every epoch's schedule, computed (and so checked) before anything trains: a factor that goes bad in
     # a late epoch must not be found after the early ones have changed the weights.
     epoch_factors = [schedule.factors(epoch, epochs, n_batches) for epoch in range(1, epochs + 1)]
     optimizer._bind(net._params.size, net.dtype)
-    if plan is not None:
+    if comm is not None:
         with net._lock.writing():
             _distributed.broadcast_state(comm, net, optimizer)
     rule = optimizer._update_rule(lr, alpha)
@@ -167,13 +172,8 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
         try:
             for epoch in range(1, epochs + 1):
                 started = time.perf_counter()
-                if not shuffle:
-                    order = _ROWS_IN_ORDER
-                elif plan is None:
-                    order = rng.permutation(n).astype(np.intp, copy=False)
-                else:
-                    order = plan.order(epoch)
-                if plan is not None:
+                order = plan.order(epoch) if shuffle else _ROWS_IN_ORDER
+                if comm is not None:
                     extra["batch_scales"] = plan.batch_scales(order)
                 factors = epoch_factors[epoch - 1]
                 rule.lr_factors, rule.step = factors, optimizer.step
@@ -190,8 +190,8 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
                     total += loss_sum
                     correct += right
                     batch += done
-                    if plan is not None and extra["reducer"].error is not None:
-                        raise extra["reducer"].error
+                    if reducer is not None and reducer.error is not None:
+                        raise reducer.error
                     if batch < stop:
                         raise TrainingDiverged(
                             f"training diverged: the loss became NaN or infinite at epoch {epoch}, "
@@ -210,14 +210,14 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
                     X_val, val_labels, val_targets = validation
                     val_loss = net._mean_loss(X_val, val_labels, val_targets, threads, team=True)
                     val_accuracy = net._accuracy(X_val, val_labels, val_targets, threads, team=True)
-                    if plan is not None:
+                    if comm is not None:
                         val_loss, val_accuracy = _distributed.reduce_validation(comm, val_loss, val_accuracy,
                                                                                 len(X_val))
                     history.val_loss.append(val_loss)
                     history.val_accuracy.append(val_accuracy)
                 history.epoch.append(epoch)
-                history.loss.append(total / total_weight)
-                history.accuracy.append(correct / total_rows if net.classifies else float("nan"))
+                history.loss.append(total / plan.total_weight)
+                history.accuracy.append(correct / plan.total_rows if net.classifies else float("nan"))
                 history.lr.append(float(lr * factors[-1]))
                 history.seconds.append(seconds)
                 stop_now = stopping is not None and stopping.after_epoch(history, net._params)
@@ -243,6 +243,23 @@ def train_epochs(net, X, labels, targets, *, epochs, batch_size, optimizer, lr, 
         with net._lock.writing():
             stopping.finish(net)
     return history
+
+
+class _LocalPlan:
+    """One process's batches: _distributed.Plan's answers when every row is this process's."""
+    threads = None  # fit's default: every core
+
+    def __init__(self, n_rows, batch_size, sample_weight, seed):
+        self.batch_size = min(batch_size, n_rows)
+        self.n_batches = -(-n_rows // self.batch_size)
+        self.seed = seed
+        self.total_rows = n_rows
+        self.total_weight = float(sample_weight.sum(dtype=np.float64)) if sample_weight is not None else n_rows
+        self._rng = np.random.default_rng(seed)
+
+    def order(self, epoch):
+        """The epoch's shuffled order of the rows (epochs asked in turn: one stream from the seed)."""
+        return self._rng.permutation(self.total_rows).astype(np.intp, copy=False)
 
 
 def hold_out(X, labels, targets, sample_weight, fraction, seed, stratify=True):

@@ -26,8 +26,8 @@ def check_dtype(dtype):
     return dtype
 
 
-ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
-LOSSES = ("cross_entropy", "binary_cross_entropy", "squared_error", "poisson")
+ACTIVATIONS = tuple(_compiled.ACTIVATIONS)  # the names the compiled core knows
+LOSSES = tuple(_compiled.HEADS)
 
 
 def check_activation(activation):

@@ -211,7 +211,7 @@ def _main(argv):
     if comm is not None and code != 0:
         # One rank that stops early would leave the others waiting in their next all-reduce forever:
         # end every rank (what `python -m mpi4py` does for an uncaught exception).
-        comm.Abort(code if isinstance(code, int) else 1)
+        comm.Abort(code)
     return code
 
 
@@ -542,7 +542,7 @@ class _EpochProgress:
         self._bar = None
 
     def update(self, epoch, done, total):
-        if self._bar is None and _OUTPUT["quiet"]:
+        if _OUTPUT["quiet"]:
             return
         if self._bar is None:
             try:

@@ -678,7 +678,7 @@ class Monitor:
         for i, W in enumerate(weights[:-1]):
             z = np.empty((a.shape[0], W.shape[1]), dtype=a.dtype)
             _kernels.dense_forward(a, W, z, _compiled.ACTIVATIONS["identity"], 0, W.shape[1])
-            a = np.maximum(z, 0) if relu else reference.ACTIVATIONS[net.activation][0](z)
+            a = reference.ACTIVATIONS[net.activation][0](z)
             # Dead units are ReLU's: tanh and logistic units saturate, but still pass a gradient.
             layers.append({"layer": i, "dead_relus": float((z <= 0).all(axis=0).mean()) if relu else None,
                            "activation_std": float(a.std())})

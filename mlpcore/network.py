@@ -247,13 +247,19 @@ class Network:
         loss, grads = self._loss_and_flat_gradients(X, labels, targets, sample_weight, alpha, threads)
         return loss, _split(grads, self._shapes)
 
-    def _loss_and_flat_gradients(self, X, labels, targets, sample_weight, alpha, threads):
+    def _all_rows_buffers(self, n, threads):
+        """(gradient, workspace) for _loss_and_flat_gradients on n rows: allocated once by a caller that
+        evaluates many times."""
+        return np.empty_like(self._params), _training.all_rows_workspace(self, n, threads)
+
+    def _loss_and_flat_gradients(self, X, labels, targets, sample_weight, alpha, threads, buffers=None):
         """loss_and_gradients on checked arguments, the gradient one flat array laid out like the parameters
-        (what an optimizer of the flat vector takes: mlpcore.sklearn's L-BFGS, which checks X once)."""
-        grads = np.empty_like(self._params)
+        (what an optimizer of the flat vector takes: mlpcore.sklearn's L-BFGS, which checks X once), into
+        `buffers` (_all_rows_buffers's; None: new ones)."""
+        grads, work = buffers if buffers is not None else self._all_rows_buffers(X.shape[0], threads)
         total, done, _ = _training.one_batch_of_all_rows(
             self, X, labels, targets, grads, _compiled.UpdateRule(_compiled.GRADIENTS_ONLY),
-            sample_weight=sample_weight, threads=threads)
+            sample_weight=sample_weight, threads=threads, work=work)
         if done == 0:
             raise TrainingDiverged(
                 "the loss is not finite for these weights and inputs: the outputs overflow "

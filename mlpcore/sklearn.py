@@ -450,24 +450,26 @@ class _BaseMLP(BaseEstimator):
         weight_sum = X.shape[0] if sample_weight is None else float(sample_weight.sum())
         outputs_mean = self.out_activation_ == "identity" and self.n_outputs_ > 1
         threads = self._call_threads()
+        buffers = net._all_rows_buffers(X.shape[0], threads)  # every evaluation's, reused
 
         def loss_and_gradient(packed):
             if not np.isfinite(packed).all():
                 return np.inf, np.zeros_like(packed)  # the line search steps back
             net._set_flat_params(packed)
             try:
-                loss, grads = net._loss_and_flat_gradients(X, labels, targets, sample_weight, self.alpha, threads)
+                loss, grads = net._loss_and_flat_gradients(X, labels, targets, sample_weight, self.alpha,
+                                                           threads, buffers)
             except TrainingDiverged:
                 return np.inf, np.zeros_like(packed)
             if outputs_mean:
                 # scikit-learn's value (not its gradient) averages the squared error over the outputs.
                 l2 = 0.5 * self.alpha * _squared_norm(net) / weight_sum
                 loss = (loss - l2) / self.n_outputs_ + l2
-            return float(loss), grads.astype(np.float64)
+            return float(loss), grads.astype(np.float64)  # a copy: the buffer is the next evaluation's
 
         iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
         result = scipy.optimize.minimize(
-            loss_and_gradient, np.concatenate([W.ravel() for W in net.weights]).astype(np.float64),
+            loss_and_gradient, net._params.astype(np.float64),
             method="L-BFGS-B", jac=True,
             options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
                      **_get_additional_lbfgs_options_dict("iprint", iprint)})
@@ -629,7 +631,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _validate_input(self, X, y, incremental, reset, dtype):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True, dtype=dtype,
-                             reset=reset)
+                             order="C", reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         # As scikit-learn: a new LabelBinarizer on a fresh fit; else y's classes checked against classes_
@@ -742,7 +744,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _validate_input(self, X, y, incremental, reset, dtype):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True, y_numeric=True,
-                             dtype=dtype, reset=reset)
+                             dtype=dtype, order="C", reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if self.loss == "poisson" and (y < 0).any():

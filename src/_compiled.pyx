@@ -51,7 +51,7 @@ ADAM = RULE_ADAM
 # Small batches' gradients are computed and stepped this many bytes at a time (_update_rules.pxd).
 GRADIENT_PANEL_BYTES = PANEL_BYTES
 #: The hidden layers' activations (_activations.pxd), by the names Network takes.
-ACTIVATIONS = {"identity": ACT_IDENTITY, "relu": ACT_RELU, "tanh": ACT_TANH, "logistic": ACT_LOGISTIC}
+ACTIVATIONS = {"relu": ACT_RELU, "tanh": ACT_TANH, "logistic": ACT_LOGISTIC, "identity": ACT_IDENTITY}
 #: The heads (_head.pxd), by the names of their losses as Network takes them.
 HEADS = {"cross_entropy": HEAD_SOFTMAX, "binary_cross_entropy": HEAD_SIGMOID, "squared_error": HEAD_SQUARED,
          "poisson": HEAD_POISSON}
@@ -403,8 +403,9 @@ cdef double _evaluate(const floating[::1] params, const Py_ssize_t[::1] sizes, c
 def predict_proba(const floating[::1] params, const Py_ssize_t[::1] sizes, const floating[:, ::1] X,
                   floating[:, ::1] out, floating[::1] work, Py_ssize_t chunk, int workers=1, *,
                   int activation=ACT_RELU, int head=HEAD_SOFTMAX):
-    """out = the network's output for X (the head's: softmax, sigmoid, identity or exp), `chunk` rows at a time shared out between `workers` threads (BLAS must
-    be single-threaded when workers > 1; see train_batches), the GIL released.
+    """out = the network's output for X (the head's: softmax, sigmoid, identity or exp), `chunk` rows at a
+    time shared out between `workers` threads (BLAS must be single-threaded when workers > 1; see
+    train_batches), the GIL released.
 
     Returns whether the first layer's pre-activations were all finite: False when X holds NaN or
     infinity (or that product overflowed), which the ReLU may hide from `out`. The caller need not scan X

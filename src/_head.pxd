@@ -9,6 +9,8 @@ from cython cimport floating
 from libc.math cimport exp, expf, log, logf, log1p, log1pf, fabs
 from libc.string cimport memset
 
+from _activations cimport activate, ACT_LOGISTIC
+
 
 cdef inline floating exp_of(floating x) noexcept nogil:
     if floating is float:
@@ -182,7 +184,7 @@ cdef inline double elementwise_loss_and_gradient(int head, floating* z, Py_ssize
             if head == HEAD_SIGMOID:
                 # log(1 + exp(v)) - t v without overflow: max(v, 0) - t v + log(1 + exp(-|v|)).
                 row_loss += (v if v > 0 else 0) - t * v + log1p_of(exp_of(-fabs(v)))
-                out = 1 / (1 + exp_of(-v))
+                out = activate(v, ACT_LOGISTIC)
                 wrong += (v > 0) != (t > <floating>0.5)
             elif head == HEAD_SQUARED:
                 out = v
@@ -227,7 +229,7 @@ cdef inline void output_rows(int head, floating* z, Py_ssize_t m, Py_ssize_t n_o
         softmax_rows(z, m, n_outputs)
     elif head == HEAD_SIGMOID:
         for i in range(m * n_outputs):
-            z[i] = 1 / (1 + exp_of(-z[i]))
+            z[i] = activate(z[i], ACT_LOGISTIC)
     elif head == HEAD_POISSON:
         for i in range(m * n_outputs):
             z[i] = exp_of(z[i])

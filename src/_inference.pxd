@@ -1,6 +1,6 @@
-# Inference: the head's output (class probabilities, predictions) or the summed loss of many rows, a chunk of rows at a time, each chunk's
-# rows shared out between a team's workers. The forward pass is row-local, so workers wait only between
-# chunks.
+# Inference: the head's output (class probabilities, predictions) or the summed loss of many rows, a
+# chunk of rows at a time, each chunk's rows shared out between a team's workers. The forward pass is
+# row-local, so workers wait only between chunks.
 
 from cython cimport floating
 

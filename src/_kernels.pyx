@@ -15,7 +15,10 @@ from libc.stdint cimport uint64_t
 from _head cimport (softmax_cross_entropy as _softmax_cross_entropy, softmax_rows as _softmax_rows,
                     loss_and_gradient as _loss_and_gradient, output_rows as _output_rows)
 from _team cimport share_start as _share_start, block_start as _block_start
-from _update_rules cimport Rule, RuleKind, WeightBlock, write_weight_block as _write_weight_block
+from _activations cimport ACT_IDENTITY, ACT_RELU, ACT_LOGISTIC
+from _head cimport HEAD_SOFTMAX, HEAD_POISSON
+from _update_rules cimport (Rule, RuleKind, WeightBlock, write_weight_block as _write_weight_block,
+                            RULE_GRADIENTS_ONLY, RULE_ADAM)
 
 from libc.stdlib cimport malloc, free
 
@@ -59,7 +62,7 @@ def dense_forward(const floating[:, ::1] x, const floating[:, ::1] w, floating[:
     _require(w.shape[0] == x.shape[1] + 1 and z.shape[0] == x.shape[0] and z.shape[1] == w.shape[1],
              "shapes")
     _check_range(first_col, stop_col, z.shape[1], "columns")
-    _require(0 <= activation <= 3, "activation")
+    _require(ACT_IDENTITY <= activation <= ACT_LOGISTIC, "activation")
     return _dense_forward(&x[0, 0], x.shape[0], x.shape[1], &w[0, 0], w.shape[1], &z[0, 0], activation, first_col,
                           stop_col, check_finite)
 
@@ -84,7 +87,7 @@ def add_partial_products(floating[:, :, ::1] partials, Py_ssize_t first_row, Py_
              and bias.shape[0] == out.shape[1], "shapes")
     _check_range(first_row, stop_row, out.shape[0], "rows")
     _check_range(first_col, stop_col, out.shape[1], "columns")
-    _require(0 <= activation <= 3, "activation")
+    _require(ACT_IDENTITY <= activation <= ACT_LOGISTIC, "activation")
     parts = <floating**>malloc(n_parts * sizeof(floating*))
     for p in range(n_parts):
         parts[p] = &partials[p, 0, 0]
@@ -95,7 +98,7 @@ def add_partial_products(floating[:, :, ::1] partials, Py_ssize_t first_row, Py_
 
 def pass_error_down(const floating[:, ::1] dz, const floating[:, ::1] w, const floating[:, ::1] x,
                     floating[:, ::1] dx, floating[::1] dx_column_sums, Py_ssize_t first_col,
-                    Py_ssize_t stop_col, double keep_scale=1.0, int activation=1):
+                    Py_ssize_t stop_col, double keep_scale=1.0, int activation=ACT_RELU):
     """Columns first_col..stop_col-1 of dx = (dz . w[:-1]^T) * f'(z below) * keep_scale, f' from x = f(z
     below) (for ReLU, x > 0), and their column sums."""
     _require(w.shape[1] == dz.shape[1] and w.shape[0] == x.shape[1] + 1 and x.shape[0] == dz.shape[0]
@@ -158,7 +161,7 @@ def head_loss_and_gradient(int head, floating[:, ::1] z, const floating[:, ::1] 
     """The head's (mlpcore._compiled.HEADS) summed loss of the rows of z against the rows of targets; z
     becomes grad_scale * (output - targets) (times the row weights), its column sums go to column_sums (if
     not empty)."""
-    _require(0 <= head <= 3, "head")
+    _require(HEAD_SOFTMAX <= head <= HEAD_POISSON, "head")
     _require(z.shape[0] >= 1 and z.shape[1] >= 1 and targets.shape[0] == z.shape[0]
              and targets.shape[1] == z.shape[1] and column_sums.shape[0] in (0, z.shape[1]), "shapes")
     _require(row_weights is None or row_weights.shape[0] == z.shape[0], "shapes")
@@ -169,7 +172,7 @@ def head_loss_and_gradient(int head, floating[:, ::1] z, const floating[:, ::1] 
 
 def head_output(int head, floating[:, ::1] z):
     """Each row of z replaced by the head's output."""
-    _require(0 <= head <= 3, "head")
+    _require(HEAD_SOFTMAX <= head <= HEAD_POISSON, "head")
     _require(z.shape[0] >= 1 and z.shape[1] >= 1, "shapes")
     _output_rows(head, &z[0, 0], z.shape[0], z.shape[1])
 
@@ -195,7 +198,7 @@ def write_weight_block(int kind, double lr, floating[::1] params, floating[::1] 
     cdef Rule rule
     cdef WeightBlock block
     cdef Py_ssize_t p
-    _require(0 <= kind <= 3, "kind")
+    _require(RULE_GRADIENTS_ONLY <= kind <= RULE_ADAM, "kind")
     _require(params.shape[0] == grads.shape[0] and 0 <= offset
              and offset + (n_in + 1) * n_out <= params.shape[0] and x.shape[1] == n_in
              and dz.shape[1] == n_out and x.shape[0] == dz.shape[0] and column_sums.shape[1] == n_out

@@ -1,7 +1,6 @@
 # The kernels of one bias-augmented dense layer, on raw row-major pointers: the forward product with
 # the bias and the activation (_activations.pxd) fused in, the error passed down through the weights and
-# the activation below, the weight
-# gradient product and the bias gradient. Each can do any block of rows or columns on its own, which is
+# the activation below, the weight gradient product and the bias gradient. Each can do any block of rows or columns on its own, which is
 # how a team shares out the work (_training.pxd); each calls BLAS only through the shim (_blas.pxd).
 #
 # A layer's weights W (n_in + 1, n_out) are stored with the bias as the last row, so W[:n_in] is a
@@ -118,8 +117,9 @@ cdef inline void pass_error_down(const floating* dz, Py_ssize_t m, Py_ssize_t n,
     gradient of the bias below) into dx_column_sums, which is zero elsewhere.
 
     x is this layer's input, the layer below's output f(z), from which f'(z) follows
-    (_activations.derivative_from_output); for ReLU x > 0 is exactly the derivative (0 at z <= 0). With dropout on that output, a dropped unit's x is 0 too, and a
-    kept one was scaled by keep_scale = 1 / (1 - p), which its error is scaled by (1 without dropout).
+    (_activations.derivative_from_output); for ReLU x > 0 is exactly the derivative (0 at z <= 0). With
+    dropout on that output, a dropped unit's x is 0 too, and a kept one was scaled by keep_scale =
+    1 / (1 - p), which its error is scaled by (1 without dropout).
     The bias row of w passes no error down: it has no input. Any block of rows (offset dz, x and dx) or of
     columns can be done on its own; a block of columns reads only those rows of w.
     """

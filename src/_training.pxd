@@ -228,18 +228,18 @@ cdef inline const floating* batch_row_weights(const Batch* batch, floating* grad
     0 for a batch that weighs nothing. Every worker sums the whole batch's weights, in the same order."""
     cdef const floating* weights = <const floating*>batch.sample_weight
     cdef floating* gathered = <floating*>batch.weight_work
-    cdef double total = 0
+    cdef double total = batch.m  # every row weighs 1 without weights
     cdef Py_ssize_t i
-    if batch.batch_scales != NULL:
+    if batch.batch_scales != NULL:  # data-parallel: the scale is the batch's across every process
         grad_scale[0] = <floating>batch.batch_scales[batch.index]
-    if weights == NULL:
-        if batch.batch_scales == NULL:
-            grad_scale[0] = <floating>(1.0 / batch.m)
-        return NULL
-    for i in range(batch.m):
-        total += weights[batch.order[batch.start + i] if batch.order != NULL else batch.start + i]
-    if batch.batch_scales == NULL:
+    else:
+        if weights != NULL:
+            total = 0
+            for i in range(batch.m):
+                total += weights[batch.order[batch.start + i] if batch.order != NULL else batch.start + i]
         grad_scale[0] = <floating>(1.0 / total) if total > 0 else 0
+    if weights == NULL:
+        return NULL
     if batch.order == NULL:
         return weights + batch.start
     for i in range(batch.first_row, batch.stop_row):
