@@ -269,7 +269,8 @@ def _mpi_world():
 
 
 def _shard(arrays, rank, size):
-    """Rank `rank`'s share of every array's rows: consecutive, near-equal (numpy.array_split)."""
+    """Rank `rank`'s share of every array's rows: consecutive, near-equal (rows n * r // size onwards; unlike
+    numpy.array_split, the larger shares come last)."""
     n = len(arrays[0])
     start, stop = n * rank // size, n * (rank + 1) // size
     return [a[start:stop] for a in arrays]
