@@ -146,41 +146,25 @@ def test_every_rank_ends_equal_to_training_on_the_union(name, shard_sizes, team,
         np.testing.assert_allclose(history.loss, losses, rtol=TOLERANCE[dtype] * 10)
 
 
-def test_sample_weights_scale_by_the_global_batch_s_weight():
-    parts = shards(np.float64, (26, 18))
+@pytest.mark.parametrize("shuffle, weighted, shard_sizes", [(True, True, (26, 18)), (False, False, (23, 17)),
+                                                            (False, True, (23, 17))],
+                         ids=["sample weights", "unshuffled", "unshuffled, sample weights"])
+def test_sample_weights_and_unshuffled_rows_train_the_union_s_batches(shuffle, weighted, shard_sizes):
+    """Sample weights scale by the global batch's weight; unshuffled, each rank trains its rows in order."""
+    parts = shards(np.float64, shard_sizes)
     weights = [np.random.default_rng(rank).random(len(X)) for rank, (X, _) in enumerate(parts)]
     world = FakeWorld(2)
 
     def work(rank, comm):
         net = mlpcore.Network(SIZES, dtype="float64", seed=3)
         history = net.fit(*parts[rank], epochs=2, batch_size=5, lr=0.2, seed=4, threads=1, comm=comm,
-                          sample_weight=weights[rank])
+                          shuffle=shuffle, sample_weight=weights[rank] if weighted else None)
         return net.get_weights(), history.loss
     results, errors = run_ranks(world, work)
     assert errors == [None, None]
     # The reference on the union: each global batch's loss is its rows' weighted mean.
     ref = mlpcore.Network(SIZES, dtype="float64", seed=3).get_weights()
-    losses = reference_on_the_union(ref, parts, optimizers.SGD(lr=0.2), 2, 5, 4, sample_weights=weights)
-    for W, ref_W in zip(results[0][0], ref):
-        assert relative_error(W, ref_W) <= 1e-10
-    np.testing.assert_allclose(results[0][1], losses, rtol=1e-10)
-
-
-@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample weights"])
-def test_unshuffled_ranks_train_their_rows_in_order(weighted):
-    parts = shards(np.float64, (23, 17))
-    weights = [np.random.default_rng(rank).random(len(X)) for rank, (X, _) in enumerate(parts)]
-    world = FakeWorld(2)
-
-    def work(rank, comm):
-        net = mlpcore.Network(SIZES, dtype="float64", seed=3)
-        history = net.fit(*parts[rank], epochs=2, batch_size=5, lr=0.2, seed=4, threads=1, comm=comm,
-                          shuffle=False, sample_weight=weights[rank] if weighted else None)
-        return net.get_weights(), history.loss
-    results, errors = run_ranks(world, work)
-    assert errors == [None, None]
-    ref = mlpcore.Network(SIZES, dtype="float64", seed=3).get_weights()
-    losses = reference_on_the_union(ref, parts, optimizers.SGD(lr=0.2), 2, 5, 4, shuffle=False,
+    losses = reference_on_the_union(ref, parts, optimizers.SGD(lr=0.2), 2, 5, 4, shuffle=shuffle,
                                     sample_weights=weights if weighted else None)
     for W, ref_W in zip(results[0][0], ref):
         assert relative_error(W, ref_W) <= 1e-10
